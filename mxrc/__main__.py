@@ -1,0 +1,5 @@
+import sys
+
+from mxrc.cli import main
+
+sys.exit(main())

@@ -1,0 +1,73 @@
+"""The event catalogue: which event types exist, and their JSON Schemas (``events/``).
+
+The writer refuses a type the catalogue does not list, the reader reports one, and
+``mxrc replay --verify`` and the tests validate records against the schemas, so the
+files in ``events/`` are the one definition of what a log may contain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import orjson
+from jsonschema import Draft202012Validator
+
+from mxrc.resources import data_dir
+
+_TYPE_SUFFIX = ".schema.json"
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    envelope: Draft202012Validator
+    segment_header: Draft202012Validator
+    payloads: Mapping[str, Draft202012Validator]
+
+    @property
+    def types(self) -> frozenset[str]:
+        return frozenset(self.payloads)
+
+    def problems(self, record: Mapping[str, Any]) -> list[str]:
+        """Every schema violation of ``record`` (without its crc), as readable lines."""
+        found = [_describe(e) for e in self.envelope.iter_errors(record)]
+        validator = self.payloads.get(str(record.get("type")))
+        if validator is None:
+            found.append(f"type: {record.get('type')!r} is not in the event catalogue")
+        elif isinstance(record.get("payload"), dict):
+            payload_errors = validator.iter_errors(record["payload"])
+            found += [_describe(e, "payload") for e in payload_errors]
+        return found
+
+
+def _describe(error: Any, prefix: str = "") -> str:
+    path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
+    where = (prefix + path).lstrip(".") or "(record)"
+    return f"{where}: {error.message}"
+
+
+def _load(path: Path) -> Draft202012Validator:
+    schema = orjson.loads(path.read_bytes())
+    Draft202012Validator.check_schema(schema)
+    return Draft202012Validator(schema)
+
+
+@cache
+def load_catalogue(root: Path | None = None) -> Catalogue:
+    root = root or data_dir("events")
+    types_dir = root / "types"
+    payloads = {
+        p.name[: -len(_TYPE_SUFFIX)]: _load(p) for p in sorted(types_dir.glob("*" + _TYPE_SUFFIX))
+    }
+    return Catalogue(
+        envelope=_load(root / "record.schema.json"),
+        segment_header=_load(root / "segment-header.schema.json"),
+        payloads=payloads,
+    )
+
+
+def event_types() -> frozenset[str]:
+    return load_catalogue().types

@@ -1,0 +1,144 @@
+"""The one configuration object, read from TOML and validated at start-up.
+
+Each key is declared once below with its type, default, bounds and a line of help;
+validation walks that table, so every error names the key (``eventlog.segment_bytes``),
+the value found and what is allowed, and ``mxrc run --help`` can list the defaults.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mxrc.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Key:
+    kind: type
+    default: Any
+    help: str
+    check: Callable[[Any], str | None] | None = None  # returns the problem, or None
+
+
+def _at_least(low: float) -> Callable[[Any], str | None]:
+    return lambda v: None if v >= low else f"must be ≥ {low}"
+
+
+def _node_id(value: str) -> str | None:
+    ok = value and all(c.isalnum() or c in "-_." for c in value) and len(value) <= 64
+    return None if ok else "must be 1-64 characters of letters, digits, '-', '_' or '.'"
+
+
+SCHEMA: Mapping[str, Mapping[str, Key]] = {
+    "node": {
+        "id": Key(str, "node-1", "name of this controller node, written in every record",
+                  _node_id),
+        "data_dir": Key(str, "var", "event log, checkpoints and lock live here"),
+    },
+    "eventlog": {
+        "segment_bytes": Key(int, 64 * 1024 * 1024, "a new segment file starts past this size",
+                             _at_least(4096)),
+    },
+    "checkpoint": {
+        "interval_s": Key(float, 10.0, "periodic checkpoint (also one after every transition)",
+                          _at_least(0.1)),
+        "keep": Key(int, 3, "how many checkpoint files are kept", _at_least(1)),
+    },
+    "cycle": {
+        "period_ms": Key(float, 1.0, "base period of the control cycle", _at_least(0.05)),
+        "frame_slots": Key(int, 10, "slots of the major frame (cycle number modulo this)",
+                           _at_least(1)),
+        "status_interval_s": Key(float, 1.0, "how often cycle progress is logged",
+                                 _at_least(0.05)),
+    },
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    values: Mapping[str, Mapping[str, Any]]
+    source: str
+
+    def __getitem__(self, dotted: str) -> Any:
+        section, key = dotted.split(".", 1)
+        return self.values[section][key]
+
+    @property
+    def node_id(self) -> str:
+        return str(self["node.id"])
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self["node.data_dir"])
+
+
+def _coerce(where: str, spec: Key, value: Any) -> Any:
+    if spec.kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, spec.kind) or isinstance(value, bool) != (spec.kind is bool):
+        raise ConfigError(
+            f"{where}: expected {spec.kind.__name__}, got {type(value).__name__} {value!r}"
+        )
+    problem = spec.check(value) if spec.check else None
+    if problem:
+        raise ConfigError(f"{where}: {value!r} {problem}")
+    return value
+
+
+def build_config(doc: Mapping[str, Any], source: str = "defaults") -> Config:
+    """Validate a decoded TOML document (possibly empty) against :data:`SCHEMA`."""
+    unknown = sorted(set(doc) - set(SCHEMA))
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown section [{unknown[0]}]; sections: {', '.join(SCHEMA)}"
+        )
+    values: dict[str, dict[str, Any]] = {}
+    for section, keys in SCHEMA.items():
+        given = doc.get(section, {})
+        if not isinstance(given, dict):
+            raise ConfigError(f"{source}: {section} must be a table, got {given!r}")
+        extra = sorted(set(given) - set(keys))
+        if extra:
+            raise ConfigError(
+                f"{source}: unknown key {section}.{extra[0]}; keys of [{section}]: "
+                f"{', '.join(keys)}"
+            )
+        values[section] = {
+            name: _coerce(f"{source}: {section}.{name}", spec, given.get(name, spec.default))
+            for name, spec in keys.items()
+        }
+    return Config(values, source)
+
+
+def load_config(path: Path | None, overrides: Mapping[str, Any] | None = None) -> Config:
+    """Read ``path`` (or defaults when None) and apply ``{"section.key": value}`` overrides
+    (from command-line flags), validating the result as one object."""
+    doc: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            doc = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: configuration file not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    for dotted, value in (overrides or {}).items():
+        section, key = dotted.split(".", 1)
+        doc.setdefault(section, {})[key] = value
+    return build_config(doc, source)
+
+
+def describe_defaults() -> str:
+    """The configuration reference, for ``--help`` and the README."""
+    lines = []
+    for section, keys in SCHEMA.items():
+        lines.append(f"[{section}]")
+        for name, spec in keys.items():
+            setting = f"{name} = {spec.default!r}"
+            lines.append(f"  {setting:<32} # {spec.help}")
+    return "\n".join(lines)

@@ -1,0 +1,312 @@
+"""The durable, append-only event log of one node (the writer side).
+
+``append`` returns only once the record is on disk (write + fsync): callers make the
+new state visible after it returns, never before. Concurrent appenders share one fsync
+(group commit, leader/follower): whoever finds no flush in progress writes everything
+pending in one ``write`` and one ``fsync`` while the others wait for the durable
+sequence number to pass theirs. With 16 threads that turns ~16 fsyncs into one.
+
+An fsync error is final for this process: the kernel may already have dropped the dirty
+pages it could not write, so a retry could report success for data that is gone. The log
+then refuses every further append (:class:`~mxrc.errors.LogFailedError`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mxrc import framing
+from mxrc.catalog import event_types
+from mxrc.errors import CorruptLogError, LogFailedError, UnknownEventTypeError
+from mxrc.fsutil import fsync_dir, write_all
+from mxrc.segments import SEGMENT_FORMAT, Record, SegmentReader, TornTail, list_segments, segment_first_seq, segment_name
+
+DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
+BROKEN_DIR = "broken"
+
+
+@dataclass(frozen=True)
+class LogIdentity:
+    """What every record of this log repeats: who wrote it, under which chart version."""
+
+    node: str
+    chart: str
+    chart_hash: str
+
+
+def read_records(directory: Path, after_seq: int = 0) -> Iterator[Record]:
+    """Verified records of a log directory with ``seq > after_seq``, oldest first.
+
+    Segments wholly before ``after_seq`` are skipped unread (their names give their first
+    sequence number), which is what makes recovery from a checkpoint cheap.
+    """
+    segments = list_segments(directory)
+    start = 0
+    for i, path in enumerate(segments):
+        if segment_first_seq(path) <= after_seq + 1:
+            start = i
+    expected: int | None = None
+    for i in range(start, len(segments)):
+        reader = SegmentReader(segments[i], last_segment=i == len(segments) - 1,
+                               expected_first_seq=expected)
+        for _, record in reader:
+            if record["seq"] > after_seq:
+                yield record
+        if reader.last_seq is not None:
+            expected = reader.last_seq + 1
+        elif reader.header is not None:
+            expected = int(reader.header["first_seq"])
+
+
+class EventLog:
+    """Open with :meth:`open`; append with :meth:`append`; :meth:`close` when done."""
+
+    def __init__(
+        self,
+        directory: Path,
+        identity: LogIdentity,
+        *,
+        fd: int,
+        segment_path: Path,
+        size: int,
+        last_seq: int,
+        segment_bytes: int,
+        torn: TornTail | None,
+    ) -> None:
+        self.directory = directory
+        self.identity = identity
+        self.segment_bytes = segment_bytes
+        self.repaired_tail = torn
+        self._types = event_types()
+        self._fd = fd
+        self._segment_path = segment_path
+        self._size = size
+        self._cond = threading.Condition(threading.Lock())
+        self._next_seq = last_seq + 1
+        self._durable_seq = last_seq
+        self._pending: list[bytes] = []
+        self._flushing = False
+        self._failed: BaseException | None = None
+        self._closed = False
+        self.fsync_observer: Callable[[int, float], None] | None = None
+
+    # ----------------------------------------------------------------- opening
+
+    @classmethod
+    def open(
+        cls,
+        directory: Path,
+        identity: LogIdentity,
+        *,
+        segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+    ) -> EventLog:
+        """Open (or create) the log in ``directory`` for appending.
+
+        A torn tail in the newest segment is copied to ``directory/broken/`` and
+        truncated away; ``repaired_tail`` says what was removed. A corrupt record before
+        the tail raises :class:`~mxrc.errors.CorruptLogError` and nothing is modified.
+        """
+        directory.mkdir(parents=True, exist_ok=True)
+        segments = list_segments(directory)
+        if not segments:
+            path = cls._create_segment(directory, identity.node, 1)
+            return cls._at_end(directory, identity, path, 0, segment_bytes, None)
+        last = segments[-1]
+        expected = cls._first_seq_after(segments[:-1])
+        reader = SegmentReader(last, last_segment=True, expected_first_seq=expected)
+        for _ in reader:
+            pass
+        if reader.header is not None and reader.header["node"] != identity.node:
+            raise CorruptLogError(
+                str(last), 0,
+                f"segment belongs to node {reader.header['node']!r}, not {identity.node!r} "
+                "(wrong data directory or node id?)",
+            )
+        torn = reader.torn
+        if torn is not None:
+            cls._set_aside(directory, torn)
+        if reader.header is None:  # the header itself was torn: the segment held nothing
+            first_seq = segment_first_seq(last)
+            last.unlink()
+            fsync_dir(directory)
+            path = cls._create_segment(directory, identity.node, first_seq)
+            return cls._at_end(directory, identity, path, first_seq - 1, segment_bytes, torn)
+        last_seq = reader.last_seq if reader.last_seq is not None else int(
+            reader.header["first_seq"]) - 1
+        return cls._at_end(directory, identity, last, last_seq, segment_bytes, torn)
+
+    @staticmethod
+    def _first_seq_after(older: list[Path]) -> int | None:
+        """Where the newest segment must start: after the last record of the one before."""
+        if not older:
+            return None
+        reader = SegmentReader(older[-1], last_segment=False)
+        for _ in reader:
+            pass
+        if reader.last_seq is not None:
+            return reader.last_seq + 1
+        return int(reader.header["first_seq"]) if reader.header else None
+
+    @classmethod
+    def _at_end(
+        cls, directory: Path, identity: LogIdentity, path: Path, last_seq: int,
+        segment_bytes: int, torn: TornTail | None,
+    ) -> EventLog:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        size = os.fstat(fd).st_size
+        return cls(directory, identity, fd=fd, segment_path=path, size=size, last_seq=last_seq,
+                   segment_bytes=segment_bytes, torn=torn)
+
+    @staticmethod
+    def _set_aside(directory: Path, torn: TornTail) -> None:
+        """Copy the torn bytes to ``broken/`` (durably), then truncate them away."""
+        broken = directory / BROKEN_DIR
+        broken.mkdir(exist_ok=True)
+        target = broken / f"{torn.path.name}.{torn.offset}.broken"
+        with torn.path.open("rb") as src, target.open("wb") as dst:
+            src.seek(torn.offset)
+            shutil.copyfileobj(src, dst)
+            dst.flush()
+            os.fsync(dst.fileno())
+        fsync_dir(broken)
+        fd = os.open(torn.path, os.O_WRONLY)
+        try:
+            os.ftruncate(fd, torn.offset)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _create_segment(directory: Path, node: str, first_seq: int) -> Path:
+        path = directory / segment_name(first_seq)
+        header = framing.encode({
+            "mxrc_log": SEGMENT_FORMAT,
+            "node": node,
+            "first_seq": first_seq,
+            "created_wall_ns": time.time_ns(),
+        })
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            write_all(fd, header)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        fsync_dir(directory)
+        return path
+
+    # ----------------------------------------------------------------- appending
+
+    @property
+    def last_seq(self) -> int:
+        """The highest sequence number known to be durable."""
+        return self._durable_seq
+
+    def append(
+        self,
+        event_type: str,
+        payload: Mapping[str, Any],
+        *,
+        token: int = 0,
+        traceparent: str | None = None,
+    ) -> Record:
+        """Append one record and return it once it is durable (written and fsynced)."""
+        if event_type not in self._types:
+            raise UnknownEventTypeError(
+                f"event type {event_type!r} is not in the event catalogue "
+                f"(known: {', '.join(sorted(self._types))})"
+            )
+        with self._cond:
+            self._check_usable()
+            seq = self._next_seq
+            record: Record = {
+                "seq": seq,
+                "wall_ns": time.time_ns(),
+                "mono_ns": time.monotonic_ns(),
+                "node": self.identity.node,
+                "type": event_type,
+                "token": token,
+                "traceparent": traceparent,
+                "chart": self.identity.chart,
+                "chart_hash": self.identity.chart_hash,
+                "payload": dict(payload),
+            }
+            self._pending.append(framing.encode(dict(record)))
+            self._next_seq = seq + 1
+            while self._durable_seq < seq:
+                self._check_usable()
+                if not self._flushing:
+                    self._flush_as_leader()
+                else:
+                    self._cond.wait()
+        return record
+
+    def _check_usable(self) -> None:
+        if self._failed is not None:
+            raise LogFailedError(
+                f"event log {self.directory} failed earlier ({self._failed}); "
+                "it accepts no appends until the process restarts"
+            )
+        if self._closed:
+            raise LogFailedError(f"event log {self.directory} is closed")
+
+    def _flush_as_leader(self) -> None:
+        """Called with the lock held; releases it for the I/O, re-acquires it after."""
+        batch, self._pending = self._pending, []
+        last = self._next_seq - 1
+        first = last - len(batch) + 1
+        self._flushing = True
+        self._cond.release()
+        error: BaseException | None = None
+        try:
+            if self._size >= self.segment_bytes:
+                self._rotate(first)
+            data = b"".join(batch)
+            write_all(self._fd, data)
+            started = time.perf_counter()
+            os.fsync(self._fd)
+            if self.fsync_observer is not None:
+                self.fsync_observer(len(batch), time.perf_counter() - started)
+            self._size += len(data)
+        except BaseException as exc:
+            error = exc
+        finally:
+            self._cond.acquire()
+        self._flushing = False
+        if error is None:
+            self._durable_seq = last
+        else:
+            self._failed = error
+        self._cond.notify_all()
+        if error is not None:
+            raise LogFailedError(f"event log {self.directory}: append failed: {error}") from error
+
+    def _rotate(self, first_seq: int) -> None:
+        path = self._create_segment(self.directory, self.identity.node, first_seq)
+        new_fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        os.close(self._fd)
+        self._fd = new_fd
+        self._segment_path = path
+        self._size = os.fstat(new_fd).st_size
+
+    def close(self) -> None:
+        """Wait for any flush in progress, then close. Idempotent."""
+        with self._cond:
+            while self._flushing:
+                self._cond.wait()
+            if self._closed:
+                return
+            self._closed = True
+            os.close(self._fd)
+
+    def __enter__(self) -> EventLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
