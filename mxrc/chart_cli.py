@@ -16,7 +16,8 @@ FORMATS = ("svg", "png", "pdf", "dot")
 
 def add_parser(sub: Any) -> None:
     parser = sub.add_parser(
-        "chart", help="show, check or draw a statechart",
+        "chart",
+        help="show, check or draw a statechart",
         description="Inspect the statechart definitions in statecharts/.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"
@@ -35,9 +36,14 @@ def add_parser(sub: Any) -> None:
     draw.add_argument("name", nargs="?", default="rt", help="chart name (default rt)")
     draw.add_argument("--file", type=Path, help="draw this chart file instead of a named chart")
     draw.add_argument("--state", help="highlight this state as the current one")
-    draw.add_argument("-o", "--output", type=Path, metavar="FILE",
-                      help="output file; its suffix picks the format (svg, png, pdf, dot); "
-                      "default: SVG on standard output")
+    draw.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        metavar="FILE",
+        help="output file; its suffix picks the format (svg, png, pdf, dot); "
+        "default: SVG on standard output",
+    )
     draw.set_defaults(func=_draw)
 
 
@@ -66,23 +72,30 @@ def _show(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     chart = load_chart_file(args.file)
-    print(f"{args.file}: valid chart {chart.ref} ({len(chart.states)} states, "
-          f"{len(chart.transitions)} transitions)")
+    print(
+        f"{args.file}: valid chart {chart.ref} ({len(chart.states)} states, "
+        f"{len(chart.transitions)} transitions)"
+    )
     return 0
 
 
 def _draw(args: argparse.Namespace) -> int:
     chart = _chart(args)
     if args.state is not None and args.state not in chart.states:
-        raise UsageError(f"--state {args.state!r} is not a state of {chart.ref}; "
-                         f"states: {', '.join(chart.states)}")
+        raise UsageError(
+            f"--state {args.state!r} is not a state of {chart.ref}; "
+            f"states: {', '.join(chart.states)}"
+        )
     fmt = args.output.suffix.lstrip(".").lower() if args.output else "svg"
     if fmt not in FORMATS:
-        raise UsageError(f"--output {args.output}: unsupported suffix; use one of "
-                         f"{', '.join('.' + f for f in FORMATS)}")
+        raise UsageError(
+            f"--output {args.output}: unsupported suffix; use one of "
+            f"{', '.join('.' + f for f in FORMATS)}"
+        )
     try:
-        data = to_dot(chart, args.state).encode() if fmt == "dot" else render(
-            chart, fmt, args.state)
+        data = (
+            to_dot(chart, args.state).encode() if fmt == "dot" else render(chart, fmt, args.state)
+        )
     except RuntimeError as exc:
         raise MxrcError(str(exc)) from None
     if args.output is None:

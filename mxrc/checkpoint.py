@@ -38,8 +38,9 @@ def write_checkpoint(directory: Path, state: NodeState, keep: int = DEFAULT_KEEP
     """Write ``state`` durably, then prune all but the ``keep`` newest checkpoints."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / checkpoint_name(state.last_seq)
-    atomic_write(path, framing.encode({"mxrc_checkpoint": CHECKPOINT_FORMAT,
-                                       "state": state.to_dict()}))
+    atomic_write(
+        path, framing.encode({"mxrc_checkpoint": CHECKPOINT_FORMAT, "state": state.to_dict()})
+    )
     stale = list_checkpoints(directory)[keep:]
     for old in stale:
         old.unlink()

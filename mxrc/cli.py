@@ -11,7 +11,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from mxrc import __version__
+from mxrc import __version__, chart_cli, replay_cli, runner
 from mxrc.errors import MxrcError
 
 DESCRIPTION = """\
@@ -35,8 +35,6 @@ exit codes: 0 ok, 1 verification found problems, 2 usage error, 3 not an mxrc lo
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from mxrc import chart_cli, replay_cli, runner
-
     parser = argparse.ArgumentParser(
         prog="mxrc",
         description=DESCRIPTION,

@@ -35,25 +35,26 @@ def _node_id(value: str) -> str | None:
 
 SCHEMA: Mapping[str, Mapping[str, Key]] = {
     "node": {
-        "id": Key(str, "node-1", "name of this controller node, written in every record",
-                  _node_id),
+        "id": Key(str, "node-1", "name of this controller node, written in every record", _node_id),
         "data_dir": Key(str, "var", "event log, checkpoints and lock live here"),
     },
     "eventlog": {
-        "segment_bytes": Key(int, 64 * 1024 * 1024, "a new segment file starts past this size",
-                             _at_least(4096)),
+        "segment_bytes": Key(
+            int, 64 * 1024 * 1024, "a new segment file starts past this size", _at_least(4096)
+        ),
     },
     "checkpoint": {
-        "interval_s": Key(float, 10.0, "periodic checkpoint (also one after every transition)",
-                          _at_least(0.1)),
+        "interval_s": Key(
+            float, 10.0, "periodic checkpoint (also one after every transition)", _at_least(0.1)
+        ),
         "keep": Key(int, 3, "how many checkpoint files are kept", _at_least(1)),
     },
     "cycle": {
         "period_ms": Key(float, 1.0, "base period of the control cycle", _at_least(0.05)),
-        "frame_slots": Key(int, 10, "slots of the major frame (cycle number modulo this)",
-                           _at_least(1)),
-        "status_interval_s": Key(float, 1.0, "how often cycle progress is logged",
-                                 _at_least(0.05)),
+        "frame_slots": Key(
+            int, 10, "slots of the major frame (cycle number modulo this)", _at_least(1)
+        ),
+        "status_interval_s": Key(float, 1.0, "how often cycle progress is logged", _at_least(0.05)),
     },
 }
 

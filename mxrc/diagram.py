@@ -12,23 +12,35 @@ import graphviz
 
 from mxrc.statechart import Chart
 
-STATE_COLOURS = {"INIT": "#d9d9d9", "READY": "#9ecae1", "RUNNING": "#a1d99b",
-                 "SAFE_MODE": "#fc9272"}
+STATE_COLOURS = {
+    "INIT": "#d9d9d9",
+    "READY": "#9ecae1",
+    "RUNNING": "#a1d99b",
+    "SAFE_MODE": "#fc9272",
+}
 CURRENT_BORDER = "#08306b"
 
 
 def to_dot(chart: Chart, current: str | None = None) -> str:
-    graph = graphviz.Digraph(chart.name, graph_attr={
-        "rankdir": "LR", "label": f"{chart.ref}" + (f"  ·  current: {current}" if current else ""),
-        "labelloc": "t", "fontname": "Helvetica", "fontsize": "12",
-    }, node_attr={"shape": "box", "style": "rounded,filled", "fontname": "Helvetica"},
-       edge_attr={"fontname": "Helvetica", "fontsize": "10"})
-    graph.node("__start", label="", shape="point", width="0.15", style="filled",
-               fillcolor="black")
+    graph = graphviz.Digraph(
+        chart.name,
+        graph_attr={
+            "rankdir": "LR",
+            "label": f"{chart.ref}" + (f"  ·  current: {current}" if current else ""),
+            "labelloc": "t",
+            "fontname": "Helvetica",
+            "fontsize": "12",
+        },
+        node_attr={"shape": "box", "style": "rounded,filled", "fontname": "Helvetica"},
+        edge_attr={"fontname": "Helvetica", "fontsize": "10"},
+    )
+    graph.node("__start", label="", shape="point", width="0.15", style="filled", fillcolor="black")
     graph.edge("__start", chart.initial)
     for state in chart.states:
-        attrs = {"fillcolor": STATE_COLOURS.get(state, "#f0f0f0"),
-                 "tooltip": chart.descriptions.get(state, "")}
+        attrs = {
+            "fillcolor": STATE_COLOURS.get(state, "#f0f0f0"),
+            "tooltip": chart.descriptions.get(state, ""),
+        }
         if state in chart.driving_states:
             attrs["peripheries"] = "2"
         if state == current:

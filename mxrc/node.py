@@ -126,16 +126,20 @@ class Node:
 
     def _boot(self) -> BootReport:
         identity = LogIdentity(self.config.node_id, self.chart.name, self.chart.version_hash)
-        self._log = EventLog.open(self.layout.eventlog, identity,
-                                  segment_bytes=self.config["eventlog.segment_bytes"])
+        self._log = EventLog.open(
+            self.layout.eventlog, identity, segment_bytes=self.config["eventlog.segment_bytes"]
+        )
         torn = self._log.repaired_tail
         if torn is not None:
-            self._notice(f"repaired the event log: {torn.describe()}; the bytes were copied to "
-                         f"{self.layout.eventlog / 'broken'}")
+            self._notice(
+                f"repaired the event log: {torn.describe()}; the bytes were copied to "
+                f"{self.layout.eventlog / 'broken'}"
+            )
         self.layout.checkpoints.mkdir(exist_ok=True)
         remove_temporaries(self.layout.checkpoints)
-        recovery = recover(self.layout.eventlog, self.layout.checkpoints, self._log.last_seq,
-                           notice=self._notice)
+        recovery = recover(
+            self.layout.eventlog, self.layout.checkpoints, self._log.last_seq, notice=self._notice
+        )
         self._state = recovery.state
         self.token = self._state.token
         if self._state.last_seq == 0:
@@ -143,20 +147,24 @@ class Node:
         else:
             previous = "crash" if self._state.process_up else "clean"
         recovered = self._state.position(self.chart.name, self.chart.initial).state
-        self._machine = SafetyStateMachine(self.chart, self._guards, self.journal,
-                                           initial=recovered)
-        self._machine.on_transition(lambda _record: self.checkpoint())
+        self._machine = SafetyStateMachine(
+            self.chart, self._guards, self.journal, initial=recovered
+        )
+        self._machine.on_transition(self._checkpoint_after_transition)
         for listener in self._listeners:
             self._machine.on_transition(listener)
-        self.journal("node_started", {
-            "pid": os.getpid(),
-            "version": __version__,
-            "previous_shutdown": previous,
-            "recovered_state": recovered,
-            "recovered_from_checkpoint": recovery.checkpoint_seq,
-            "replayed_records": recovery.replayed,
-            "torn_tail_bytes": torn.length if torn else 0,
-        })
+        self.journal(
+            "node_started",
+            {
+                "pid": os.getpid(),
+                "version": __version__,
+                "previous_shutdown": previous,
+                "recovered_state": recovered,
+                "recovered_from_checkpoint": recovery.checkpoint_seq,
+                "replayed_records": recovery.replayed,
+                "torn_tail_bytes": torn.length if torn else 0,
+            },
+        )
         restart_fault = recovered in self.chart.driving_states
         if restart_fault:
             self.fire("fault", cause=RESTART_CAUSE, actor="system")
@@ -189,8 +197,7 @@ class Node:
         """Durably append, then fold into the live state (in sequence order, since
         concurrent appenders may return from the group commit in any order)."""
         assert self._log is not None, "node not started"
-        record = self._log.append(event_type, payload, token=self.token,
-                                  traceparent=traceparent)
+        record = self._log.append(event_type, payload, token=self.token, traceparent=traceparent)
         with self._fold_lock:
             self._early[record["seq"]] = record
             while (nxt := self._early.pop(self._state.last_seq + 1, None)) is not None:
@@ -198,7 +205,11 @@ class Node:
         return record
 
     def fire(
-        self, trigger: str, *, cause: str | None = None, actor: str = "system",
+        self,
+        trigger: str,
+        *,
+        cause: str | None = None,
+        actor: str = "system",
         traceparent: str | None = None,
     ) -> Record:
         assert self._machine is not None, "node not started"
@@ -223,14 +234,17 @@ class Node:
             state = self.snapshot()
             if state.last_seq == self._checkpointed_seq:
                 return None
-            path = write_checkpoint(self.layout.checkpoints, state,
-                                    keep=self.config["checkpoint.keep"])
+            path = write_checkpoint(
+                self.layout.checkpoints, state, keep=self.config["checkpoint.keep"]
+            )
             self._checkpointed_seq = state.last_seq
             self._last_checkpoint = time.monotonic()
             return path
+
+    def _checkpoint_after_transition(self, _record: Record) -> None:
+        self.checkpoint()
 
     def checkpoint_if_due(self) -> Path | None:
         if time.monotonic() - self._last_checkpoint < self.config["checkpoint.interval_s"]:
             return None
         return self.checkpoint()
-

@@ -56,13 +56,22 @@ def add_parser(sub: Any) -> None:
         "  mxrc run --config /etc/mxrc/mxrc.toml --data-dir /var/lib/mxrc",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--config", type=Path, metavar="FILE",
-                        help="TOML configuration (default: built-in defaults)")
-    parser.add_argument("--data-dir", type=Path, metavar="DIR",
-                        help="overrides node.data_dir (default ./var)")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="TOML configuration (default: built-in defaults)",
+    )
+    parser.add_argument(
+        "--data-dir", type=Path, metavar="DIR", help="overrides node.data_dir (default ./var)"
+    )
     parser.add_argument("--node-id", metavar="ID", help="overrides node.id (default node-1)")
-    parser.add_argument("--duration", type=float, metavar="SECONDS",
-                        help="stop cleanly after this many seconds (default: run until stopped)")
+    parser.add_argument(
+        "--duration",
+        type=float,
+        metavar="SECONDS",
+        help="stop cleanly after this many seconds (default: run until stopped)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -96,8 +105,10 @@ class Runner:
     def _print_transition(self, record: Record) -> None:
         p = record["payload"]
         cause = f", cause: {p['cause']}" if p["cause"] else ""
-        self.say(f"{_stamp()} {record['node']} {p['source']} → {p['dest']} "
-                 f"({p['trigger']} by {p['actor']}{cause}) [seq {record['seq']}]")
+        self.say(
+            f"{_stamp()} {record['node']} {p['source']} → {p['dest']} "
+            f"({p['trigger']} by {p['actor']}{cause}) [seq {record['seq']}]"
+        )
 
     def request_stop(self, reason: str) -> None:
         if self.stop_reason is None:
@@ -116,8 +127,9 @@ class Runner:
                 self._wait_for_cycle()
                 self.node.fire("initialized", actor="system")
             if console is not None:
-                threading.Thread(target=self.console, args=(console,), name="mxrc-console",
-                                 daemon=True).start()
+                threading.Thread(
+                    target=self.console, args=(console,), name="mxrc-console", daemon=True
+                ).start()
             self._loop(duration)
         finally:
             self.cycle.stop()
@@ -142,22 +154,30 @@ class Runner:
                 self.request_stop("duration elapsed")
                 break
             if now >= next_status:
-                self.node.journal("cycle_status", {
-                    "cycle": self.cycle.cycle,
-                    "slot": self.cycle.slot,
-                    "period_ns": self.cycle.period_ns,
-                    "deadline_misses": self.cycle.deadline_misses,
-                })
+                self.node.journal(
+                    "cycle_status",
+                    {
+                        "cycle": self.cycle.cycle,
+                        "slot": self.cycle.slot,
+                        "period_ns": self.cycle.period_ns,
+                        "deadline_misses": self.cycle.deadline_misses,
+                    },
+                )
                 next_status = now + status_every
             self.node.checkpoint_if_due()
             self._stopped.wait(min(0.1, max(0.0, next_status - time.monotonic())))
 
     def _print_recovery(self, boot: BootReport) -> None:
         rec = boot.recovery
-        how = (f"checkpoint {rec.checkpoint.name} + {rec.replayed} records" if rec.checkpoint
-               else f"full replay of {rec.replayed} records")
-        self.say(f"  recovered:    {boot.recovered_state} ({boot.previous_shutdown}; {how}); "
-                 f"now {self.node.state}")
+        how = (
+            f"checkpoint {rec.checkpoint.name} + {rec.replayed} records"
+            if rec.checkpoint
+            else f"full replay of {rec.replayed} records"
+        )
+        self.say(
+            f"  recovered:    {boot.recovered_state} ({boot.previous_shutdown}; {how}); "
+            f"now {self.node.state}"
+        )
 
     def _print_banner(self) -> None:
         layout = self.node.layout
@@ -202,15 +222,19 @@ class Runner:
             self.conditions.discard(arg)
             self.say(f"{_stamp()} condition {arg!r} cleared; active: {sorted(self.conditions)}")
         elif verb == "state":
-            self.say(f"{_stamp()} {self.node.state}; legal: {', '.join(self.node.legal_triggers())}"
-                     f"; cycle {self.cycle.cycle}; active conditions: {sorted(self.conditions)}")
+            self.say(
+                f"{_stamp()} {self.node.state}; legal: {', '.join(self.node.legal_triggers())}"
+                f"; cycle {self.cycle.cycle}; active conditions: {sorted(self.conditions)}"
+            )
         elif verb == "quit":
             self.request_stop("console quit")
         elif verb == "help":
             self.say(CONSOLE_HELP)
         else:
-            self.say(f"{_stamp()} unknown command {raw_verb(verb, arg)!r} (try 'help'); "
-                     f"legal triggers now: {', '.join(self.node.legal_triggers())}")
+            self.say(
+                f"{_stamp()} unknown command {raw_verb(verb, arg)!r} (try 'help'); "
+                f"legal triggers now: {', '.join(self.node.legal_triggers())}"
+            )
 
 
 def raw_verb(verb: str, arg: str | None) -> str:

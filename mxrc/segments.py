@@ -119,7 +119,8 @@ class SegmentReader:
         first = header.get("first_seq")
         if self.expected_first_seq is not None and first != self.expected_first_seq:
             raise CorruptLogError(
-                str(self.path), 0,
+                str(self.path),
+                0,
                 f"segment starts at seq {first}, but the previous segment ended at "
                 f"{self.expected_first_seq - 1} (sequence gap between segments)",
             )
@@ -149,7 +150,8 @@ class SegmentReader:
                 return
             if record.get("seq") != expected or record.get("node") != node:
                 raise CorruptLogError(
-                    str(self.path), offset,
+                    str(self.path),
+                    offset,
                     f"record has seq {record.get('seq')} of node {record.get('node')!r}; "
                     f"expected seq {expected} of node {node!r}",
                 )

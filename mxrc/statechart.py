@@ -82,6 +82,74 @@ def _str_list(value: Any, where: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _parse_states(raw: Any, where: str) -> tuple[dict[str, str], set[str]]:
+    """Return each state's description and the set of states that drive outputs."""
+    if not isinstance(raw, dict) or not raw:
+        raise _fail(where, "'states' must be a table with at least one state")
+    descriptions: dict[str, str] = {}
+    driving: set[str] = set()
+    for state, attrs in raw.items():
+        if not state.isidentifier():
+            raise _fail(where, f"state {state!r} is not an identifier")
+        if not isinstance(attrs, dict) or set(attrs) - _STATE_KEYS:
+            raise _fail(where, f"states.{state}: allowed keys are {sorted(_STATE_KEYS)}")
+        descriptions[state] = str(attrs.get("description", ""))
+        if attrs.get("drives_outputs", False) is True:
+            driving.add(state)
+    return descriptions, driving
+
+
+def _parse_transition(
+    raw: Any, here: str, where: str, states: tuple[str, ...], guards: Mapping[str, str]
+) -> Transition:
+    if not isinstance(raw, dict):
+        raise _fail(where, f"{here} must be a table")
+    extra = set(raw) - _TRANSITION_KEYS
+    if extra:
+        raise _fail(where, f"{here}: unknown key(s) {sorted(extra)}")
+    trigger = raw.get("trigger")
+    if not isinstance(trigger, str) or not trigger.isidentifier():
+        raise _fail(where, f"{here}.trigger must be an identifier, got {trigger!r}")
+    here = f"{here} (trigger {trigger!r})"
+    sources = _str_list(raw.get("source"), f"{where}: {here}.source")
+    dest = raw.get("dest")
+    for s in (*sources, dest):
+        if s not in states:
+            raise _fail(where, f"{here}: unknown state {s!r}; states: {list(states)}")
+    named = _str_list(raw.get("guards", []), f"{where}: {here}.guards")
+    for g in named:
+        if g not in guards:
+            raise _fail(where, f"{here}: guard {g!r} is not declared in [guards]")
+    requires_cause = raw.get("requires_cause", False)
+    if not isinstance(requires_cause, bool):
+        raise _fail(where, f"{here}.requires_cause must be true or false")
+    return Transition(trigger, sources, str(dest), named, requires_cause)
+
+
+def _version_hash(
+    name: str,
+    initial: str,
+    states: tuple[str, ...],
+    driving: set[str],
+    guards: Mapping[str, str],
+    transitions: list[Transition],
+) -> str:
+    """Hash of the behaviour only: prose (descriptions, comments) does not change it."""
+    behaviour = {
+        "name": name,
+        "initial": initial,
+        "states": list(states),
+        "driving": sorted(driving),
+        "guards": sorted(guards),
+        "transitions": [
+            [t.trigger, list(t.sources), t.dest, list(t.guards), t.requires_cause]
+            for t in transitions
+        ],
+    }
+    digest = hashlib.sha256(orjson.dumps(behaviour, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    return digest[:HASH_LENGTH]
+
+
 def parse_chart(doc: Mapping[str, Any], where: str = "<chart>") -> Chart:
     """Validate a decoded chart document; errors name the file and the bad key."""
     unknown = set(doc) - _TOP_KEYS
@@ -90,82 +158,38 @@ def parse_chart(doc: Mapping[str, Any], where: str = "<chart>") -> Chart:
     name = doc.get("name")
     if not isinstance(name, str) or not name.isidentifier():
         raise _fail(where, f"'name' must be an identifier, got {name!r}")
-    raw_states = doc.get("states")
-    if not isinstance(raw_states, dict) or not raw_states:
-        raise _fail(where, "'states' must be a table with at least one state")
-    descriptions: dict[str, str] = {}
-    driving: set[str] = set()
-    for state, attrs in raw_states.items():
-        if not state.isidentifier():
-            raise _fail(where, f"state {state!r} is not an identifier")
-        if not isinstance(attrs, dict) or set(attrs) - _STATE_KEYS:
-            raise _fail(where, f"states.{state}: allowed keys are {sorted(_STATE_KEYS)}")
-        descriptions[state] = str(attrs.get("description", ""))
-        if attrs.get("drives_outputs", False) is True:
-            driving.add(state)
-    states = tuple(raw_states)
+    descriptions, driving = _parse_states(doc.get("states"), where)
+    states = tuple(descriptions)
     initial = doc.get("initial")
-    if initial not in raw_states:
-        raise _fail(where, f"'initial' is {initial!r}, which is not a state; states: {list(states)}")
-
-    raw_guards = doc.get("guards", {})
-    if not isinstance(raw_guards, dict) or not all(isinstance(v, str) for v in raw_guards.values()):
+    if not isinstance(initial, str) or initial not in descriptions:
+        raise _fail(
+            where, f"'initial' is {initial!r}, which is not a state; states: {list(states)}"
+        )
+    guards = doc.get("guards", {})
+    if not isinstance(guards, dict) or not all(isinstance(v, str) for v in guards.values()):
         raise _fail(where, "'guards' must be a table of guard name = description")
-
     raw_transitions = doc.get("transitions")
     if not isinstance(raw_transitions, list) or not raw_transitions:
         raise _fail(where, "'transitions' must be a non-empty array of tables")
     transitions: list[Transition] = []
     seen: set[tuple[str, str]] = set()
     for i, raw in enumerate(raw_transitions):
-        here = f"transitions[{i}]"
-        if not isinstance(raw, dict):
-            raise _fail(where, f"{here} must be a table")
-        extra = set(raw) - _TRANSITION_KEYS
-        if extra:
-            raise _fail(where, f"{here}: unknown key(s) {sorted(extra)}")
-        trigger = raw.get("trigger")
-        if not isinstance(trigger, str) or not trigger.isidentifier():
-            raise _fail(where, f"{here}.trigger must be an identifier, got {trigger!r}")
-        here = f"{here} (trigger {trigger!r})"
-        sources = _str_list(raw.get("source"), f"{where}: {here}.source")
-        dest = raw.get("dest")
-        for s in (*sources, dest):
-            if s not in raw_states:
-                raise _fail(where, f"{here}: unknown state {s!r}; states: {list(states)}")
-        guards = _str_list(raw.get("guards", []), f"{where}: {here}.guards")
-        for g in guards:
-            if g not in raw_guards:
-                raise _fail(where, f"{here}: guard {g!r} is not declared in [guards]")
-        requires_cause = raw.get("requires_cause", False)
-        if not isinstance(requires_cause, bool):
-            raise _fail(where, f"{here}.requires_cause must be true or false")
-        for s in sources:
-            if (trigger, s) in seen:
-                raise _fail(where, f"{here}: a second transition for {trigger!r} from {s!r}")
-            seen.add((trigger, s))
-        transitions.append(Transition(trigger, sources, str(dest), guards, requires_cause))
-
-    behaviour = {
-        "name": name,
-        "initial": initial,
-        "states": list(states),
-        "driving": sorted(driving),
-        "guards": sorted(raw_guards),
-        "transitions": [
-            [t.trigger, list(t.sources), t.dest, list(t.guards), t.requires_cause]
-            for t in transitions
-        ],
-    }
-    digest = hashlib.sha256(orjson.dumps(behaviour, option=orjson.OPT_SORT_KEYS)).hexdigest()
+        t = _parse_transition(raw, f"transitions[{i}]", where, states, guards)
+        for s in t.sources:
+            if (t.trigger, s) in seen:
+                raise _fail(
+                    where, f"transitions[{i}]: a second transition for {t.trigger!r} from {s!r}"
+                )
+            seen.add((t.trigger, s))
+        transitions.append(t)
     return Chart(
         name=name,
-        initial=str(initial),
+        initial=initial,
         states=states,
         transitions=tuple(transitions),
-        guards=dict(raw_guards),
+        guards=dict(guards),
         driving_states=frozenset(driving),
-        version_hash=digest[:HASH_LENGTH],
+        version_hash=_version_hash(name, initial, states, driving, guards, transitions),
         descriptions=descriptions,
     )
 

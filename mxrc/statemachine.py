@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 from transitions import EventData, Machine
 
@@ -75,7 +75,6 @@ class SafetyStateMachine:
         self._guards = dict(guards)
         self._journal = journal
         self._lock = threading.Lock()
-        self._last: Record | None = None
         self._listeners: list[Callable[[Record], None]] = []
         self._model = _Model()
         self._machine = Machine(
@@ -123,23 +122,31 @@ class SafetyStateMachine:
             candidate = self.chart.find(trigger, state)
             if candidate is None:
                 known = trigger in self.chart.triggers
-                what = f"{trigger!r} is not legal in state {state}" if known else (
-                    f"{trigger!r} is not a trigger of chart {self.chart.name}")
-                return self._reject(trigger, "illegal", what, [], actor, traceparent)
+                what = (
+                    f"{trigger!r} is not legal in state {state}"
+                    if known
+                    else (f"{trigger!r} is not a trigger of chart {self.chart.name}")
+                )
+                self._reject(trigger, "illegal", what, [], actor, traceparent)
             if candidate.requires_cause and not (cause and cause.strip()):
-                return self._reject(trigger, "invalid", f"{trigger!r} requires a cause", [],
-                                    actor, traceparent)
+                self._reject(
+                    trigger, "invalid", f"{trigger!r} requires a cause", [], actor, traceparent
+                )
             verdicts = {g: bool(self._guards[g]()) for g in candidate.guards}
-            self._last = None
+            appended: list[Record] = []
             fired = self._model.trigger(  # type: ignore[attr-defined]
-                trigger, guards=verdicts, cause=cause, actor=actor, traceparent=traceparent
+                trigger,
+                guards=verdicts,
+                cause=cause,
+                actor=actor,
+                traceparent=traceparent,
+                appended=appended,
             )
             if not fired:
                 failed = [g for g, ok in verdicts.items() if not ok]
                 what = f"{trigger!r} refused in state {state}: guard(s) {', '.join(failed)} false"
-                return self._reject(trigger, "guard", what, failed, actor, traceparent)
-            record = self._last
-            assert record is not None  # set by _append_transition before the state changed
+                self._reject(trigger, "guard", what, failed, actor, traceparent)
+            [record] = appended  # by _append_transition, before the state changed
         for listener in self._listeners:
             listener(record)
         return record
@@ -156,7 +163,7 @@ class SafetyStateMachine:
         transition = event.transition
         assert transition is not None
         kw = event.kwargs
-        self._last = self._journal(
+        record = self._journal(
             "transition",
             {
                 "trigger": event.event.name,
@@ -168,6 +175,7 @@ class SafetyStateMachine:
             },
             traceparent=kw["traceparent"],
         )
+        kw["appended"].append(record)
 
     def _reject(
         self,
@@ -177,7 +185,7 @@ class SafetyStateMachine:
         failed: list[str],
         actor: str,
         traceparent: str | None,
-    ) -> Record:
+    ) -> NoReturn:
         legal = list(self.legal_triggers())
         record = self._journal(
             "command_rejected",
