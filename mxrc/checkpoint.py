@@ -27,6 +27,11 @@ def checkpoint_name(last_seq: int) -> str:
     return f"checkpoint-{last_seq:020d}.json"
 
 
+def read_checkpoint_seq(path: Path) -> int:
+    """The last_seq a checkpoint file covers, from its name."""
+    return int(path.name.removeprefix("checkpoint-").removesuffix(".json"))
+
+
 def list_checkpoints(directory: Path) -> list[Path]:
     """Newest first."""
     if not directory.is_dir():

@@ -11,7 +11,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from mxrc import __version__, chart_cli, replay_cli, runner
+from mxrc import __version__, chart_cli, log_cli, replay_cli, runner
 from mxrc.errors import MxrcError
 
 DESCRIPTION = """\
@@ -25,6 +25,7 @@ common jobs:
   mxrc replay var --at 10:42    each node's state at that time, and why
   mxrc replay var --verify      check checksums, sequence and transition legality
   mxrc chart draw -o rt.svg     picture of the safety statechart
+  mxrc log repair var           repair a damaged log (only when asked)
 """
 
 EXIT_CODES = """\
@@ -43,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"mxrc {__version__}")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
-    for module in (runner, replay_cli, chart_cli):
+    for module in (runner, replay_cli, chart_cli, log_cli):
         module.add_parser(sub)
     return parser
 

@@ -20,7 +20,7 @@ from typing import Any, TextIO
 
 from mxrc import __version__
 from mxrc.config import Config, describe_defaults, load_config
-from mxrc.errors import MxrcError, UsageError
+from mxrc.errors import CorruptLogError, MxrcError, UsageError
 from mxrc.node import BootReport, Node
 from mxrc.segments import Record
 from mxrc.standin import StandInCycle
@@ -119,7 +119,15 @@ class Runner:
 
     def run(self, duration: float | None, console: TextIO | None) -> int:
         self._print_banner()
-        boot = self.node.start()
+        try:
+            boot = self.node.start()
+        except CorruptLogError as exc:
+            raise CorruptLogError(
+                exc.path,
+                exc.offset,
+                f"{exc.reason}; the node cannot start on it: see `mxrc log repair "
+                f"{self.config.data_dir} --truncate-corrupt`",
+            ) from None
         self._print_recovery(boot)
         self.cycle.start()
         try:
