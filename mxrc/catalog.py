@@ -7,12 +7,13 @@ files in ``events/`` are the one definition of what a log may contain.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
 
+import fastjsonschema
 import orjson
 from jsonschema import Draft202012Validator
 
@@ -22,10 +23,27 @@ _TYPE_SUFFIX = ".schema.json"
 
 
 @dataclass(frozen=True)
+class Schema:
+    """One schema, twice: ``fast`` (compiled by fastjsonschema, ~20x faster) answers
+    "valid?" for every record of a large log; ``full`` (jsonschema) explains every
+    violation of the rare invalid one."""
+
+    fast: Callable[[Any], Any]
+    full: Draft202012Validator
+
+    def errors(self, value: Any) -> list[Any]:
+        try:
+            self.fast(value)
+        except fastjsonschema.JsonSchemaException:
+            return list(self.full.iter_errors(value))
+        return []
+
+
+@dataclass(frozen=True)
 class Catalogue:
-    envelope: Draft202012Validator
-    segment_header: Draft202012Validator
-    payloads: Mapping[str, Draft202012Validator]
+    envelope: Schema
+    segment_header: Schema
+    payloads: Mapping[str, Schema]
 
     @property
     def types(self) -> frozenset[str]:
@@ -33,13 +51,12 @@ class Catalogue:
 
     def problems(self, record: Mapping[str, Any]) -> list[str]:
         """Every schema violation of ``record`` (without its crc), as readable lines."""
-        found = [_describe(e) for e in self.envelope.iter_errors(record)]
-        validator = self.payloads.get(str(record.get("type")))
-        if validator is None:
+        found = [_describe(e) for e in self.envelope.errors(record)]
+        schema = self.payloads.get(str(record.get("type")))
+        if schema is None:
             found.append(f"type: {record.get('type')!r} is not in the event catalogue")
         elif isinstance(record.get("payload"), dict):
-            payload_errors = validator.iter_errors(record["payload"])
-            found += [_describe(e, "payload") for e in payload_errors]
+            found += [_describe(e, "payload") for e in schema.errors(record["payload"])]
         return found
 
 
@@ -49,10 +66,10 @@ def _describe(error: Any, prefix: str = "") -> str:
     return f"{where}: {error.message}"
 
 
-def _load(path: Path) -> Draft202012Validator:
+def _load(path: Path) -> Schema:
     schema = orjson.loads(path.read_bytes())
     Draft202012Validator.check_schema(schema)
-    return Draft202012Validator(schema)
+    return Schema(fastjsonschema.compile(schema), Draft202012Validator(schema))
 
 
 @cache
