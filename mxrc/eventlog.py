@@ -21,8 +21,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
+
+import crc32c
 
 from mxrc import framing
 from mxrc.catalog import event_types
@@ -34,6 +37,7 @@ from mxrc.segments import (
     SegmentReader,
     TornTail,
     list_segments,
+    seal_line,
     segment_first_seq,
     segment_name,
 )
@@ -68,13 +72,17 @@ def read_records(directory: Path, after_seq: int = 0) -> Iterator[Record]:
         reader = SegmentReader(
             segments[i], last_segment=i == len(segments) - 1, expected_first_seq=expected
         )
-        for _, record in reader:
-            if record["seq"] > after_seq:
-                yield record
+        records: Iterator[Record] = map(_second, reader)
+        if i == start:  # only the first segment read can hold records at or before after_seq
+            records = (r for r in records if r["seq"] > after_seq)
+        yield from records
         if reader.last_seq is not None:
             expected = reader.last_seq + 1
         elif reader.header is not None:
             expected = int(reader.header["first_seq"])
+
+
+_second = itemgetter(1)
 
 
 class EventLog:
@@ -112,6 +120,8 @@ class EventLog:
         ] = []
         self._flusher: threading.Thread | None = None
         self.fsync_observer: Callable[[int, float], None] | None = None
+        self._segment_first = 1
+        self._segment_crc = 0  # running CRC32C of the open segment, for its seal
 
     # ----------------------------------------------------------------- opening
 
@@ -158,6 +168,8 @@ class EventLog:
         last_seq = (
             reader.last_seq if reader.last_seq is not None else int(reader.header["first_seq"]) - 1
         )
+        if reader.sealed:  # a crash between sealing and creating the next segment
+            last = cls._create_segment(directory, identity.node, last_seq + 1)
         return cls._at_end(directory, identity, last, last_seq, segment_bytes, torn)
 
     @staticmethod
@@ -184,7 +196,7 @@ class EventLog:
     ) -> EventLog:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND)
         size = os.fstat(fd).st_size
-        return cls(
+        log = cls(
             directory,
             identity,
             fd=fd,
@@ -194,6 +206,9 @@ class EventLog:
             segment_bytes=segment_bytes,
             torn=torn,
         )
+        log._segment_first = segment_first_seq(path)
+        log._segment_crc = int(crc32c.crc32c(path.read_bytes()))
+        return log
 
     @staticmethod
     def _set_aside(directory: Path, torn: TornTail) -> None:
@@ -201,6 +216,10 @@ class EventLog:
         broken = directory / BROKEN_DIR
         broken.mkdir(exist_ok=True)
         target = broken / f"{torn.path.name}.{torn.offset}.broken"
+        copies = 1
+        while target.exists():  # an earlier repair at the same offset: keep its evidence
+            copies += 1
+            target = broken / f"{torn.path.name}.{torn.offset}.{copies}.broken"
         with torn.path.open("rb") as src, target.open("wb") as dst:
             src.seek(torn.offset)
             shutil.copyfileobj(src, dst)
@@ -311,7 +330,7 @@ class EventLog:
             "chart_hash": self.identity.chart_hash,
             "payload": dict(payload),
         }
-        self._pending.append(framing.encode(dict(record)))
+        self._pending.append(framing.encode(record))
         self._next_seq = seq + 1
         return record
 
@@ -391,6 +410,7 @@ class EventLog:
                 self._rotate(first)
             data = b"".join(batch)
             write_all(self._fd, data)
+            self._segment_crc = crc32c.crc32c(data, self._segment_crc)
             started = time.perf_counter()
             os.fsync(self._fd)
             if self.fsync_observer is not None:
@@ -407,12 +427,17 @@ class EventLog:
         self._cond.notify_all()
 
     def _rotate(self, first_seq: int) -> None:
+        """Seal the full segment (durably), then start the next one."""
+        write_all(self._fd, seal_line(self._segment_first, first_seq - 1, self._segment_crc))
+        os.fsync(self._fd)
         path = self._create_segment(self.directory, self.identity.node, first_seq)
         new_fd = os.open(path, os.O_WRONLY | os.O_APPEND)
         os.close(self._fd)
         self._fd = new_fd
         self._segment_path = path
         self._size = os.fstat(new_fd).st_size
+        self._segment_first = first_seq
+        self._segment_crc = int(crc32c.crc32c(path.read_bytes()))
 
     def close(self) -> None:
         """Flush what is pending, then close (async waiters are settled). Idempotent."""

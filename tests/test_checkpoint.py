@@ -89,8 +89,8 @@ def test_recovery_equals_full_replay(
                 node.checkpoint()
             elif kind == "damage_newest_checkpoint":
                 newest = list_checkpoints(node.layout.checkpoints)
-                if newest:
-                    raw = newest[0].read_bytes()
+                raw = newest[0].read_bytes() if newest else b""
+                if raw:  # an already emptied checkpoint stays empty
                     cut = int(a) % len(raw)  # type: ignore[call-overload]
                     newest[0].write_bytes(raw[:cut])
             elif kind == "restart":

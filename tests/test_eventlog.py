@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from mxrc import framing
 from mxrc.errors import CorruptLogError, LogFailedError, UnknownEventTypeError
 from mxrc.eventlog import EventLog, LogIdentity, read_records
-from mxrc.segments import list_segments
+from mxrc.segments import SegmentReader, list_segments, segment_first_seq
 
 IDENT = LogIdentity("n1", "rt", "0123456789ab")
 
@@ -115,3 +116,44 @@ def test_async_append_fails_cleanly_once_the_log_is_closed(tmp_path: Path) -> No
 
     asyncio.run(main())
     assert [r["seq"] for r in read_records(tmp_path)] == [1]
+
+
+def test_rotated_segments_are_sealed_and_read_as_such(tmp_path: Path) -> None:
+    with EventLog.open(tmp_path, IDENT, segment_bytes=4096) as log:
+        for i in range(100):
+            log.append("cycle_status", status(i))
+    segments = list_segments(tmp_path)
+    readers = [SegmentReader(p, last_segment=p == segments[-1]) for p in segments]
+    counts = [sum(1 for _ in r) for r in readers]
+    assert [r.sealed for r in readers] == [True] * (len(segments) - 1) + [False]
+    assert sum(counts) == 100
+    seal = framing.decode(segments[0].read_bytes().rstrip(b"\n").rsplit(b"\n", 1)[1])
+    assert seal["records"] == counts[0] and seal["last_seq"] == counts[0]
+
+
+def test_a_sealed_newest_segment_is_continued_in_a_new_one(tmp_path: Path) -> None:
+    """A crash after sealing and before the next segment existed."""
+    with EventLog.open(tmp_path, IDENT, segment_bytes=4096) as log:
+        for i in range(60):
+            log.append("cycle_status", status(i))
+    segments = list_segments(tmp_path)
+    segments[-1].unlink()  # as if the crash came before the new segment was created
+    sealed_until = sum(1 for _ in SegmentReader(segments[-2], last_segment=True))
+    last_seq = segment_first_seq(segments[-2]) + sealed_until - 1
+    with EventLog.open(tmp_path, IDENT, segment_bytes=4096) as log:
+        assert log.last_seq == last_seq
+        assert log.append("cycle_status", status(99))["seq"] == last_seq + 1
+    assert list_segments(tmp_path)[-1].name == f"events-{last_seq + 1:020d}.jsonl"
+    assert [r["seq"] for r in read_records(tmp_path)] == list(range(1, last_seq + 2))
+
+
+def test_a_damaged_seal_is_corruption_at_the_seal(tmp_path: Path) -> None:
+    with EventLog.open(tmp_path, IDENT, segment_bytes=4096) as log:
+        for i in range(60):
+            log.append("cycle_status", status(i))
+    first = list_segments(tmp_path)[0]
+    raw = first.read_bytes()
+    seal_at = raw.rstrip(b"\n").rfind(b"\n") + 1
+    first.write_bytes(raw.replace(b'"segment_crc":', b'"segment_crc":1', 1))
+    with pytest.raises(CorruptLogError, match=f"offset {seal_at}: .*seal"):
+        list(read_records(tmp_path))

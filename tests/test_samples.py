@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -17,7 +18,7 @@ MXRC = [sys.executable, "-m", "mxrc"]
 
 
 @pytest.mark.parametrize("log_dir", sorted(SAMPLES.glob("*/*/eventlog")), ids=str)
-def test_every_sample_record_matches_the_catalogue_and_a_known_chart(log_dir) -> None:
+def test_every_sample_record_matches_the_catalogue_and_a_known_chart(log_dir: Path) -> None:
     catalogue = load_catalogue()
     records = list(read_records(log_dir))
     assert records

@@ -1,0 +1,44 @@
+"""The cycle-latency benchmark runs end to end and prints the JSON it promises.
+
+Only the shape and the internal consistency of the report are asserted: whether the
+targets are met depends on the machine, which is what the full benchmark is for.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "tools" / "bench" / "cycle_latency.py"
+
+
+@pytest.mark.slow
+def test_cycle_latency_quick() -> None:
+    if shutil.which("cyclictest") is None:
+        pytest.skip("cyclictest not installed (apt-get install rt-tests)")
+    proc = subprocess.run(
+        [sys.executable, str(BENCH), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    report = json.loads(proc.stdout)  # exactly one JSON object on standard output
+    assert report["seconds"] == 5.0 and report["period_us"] == 1000
+    cycle, ct = report["cycle"], report["cyclictest"]
+    assert "error" not in ct, ct
+    for figures in (cycle, ct):
+        assert figures["p50_us"] <= figures["p99_us"] <= figures["p99.9_us"] <= figures["max_us"]
+        assert figures["misses"] >= 0
+    assert ct["samples"] == 5000
+    assert cycle["samples"] + cycle["skipped_periods"] >= 4990  # ~5000 periods in 5 s
+    assert cycle["fault"] is None
+    assert report["ratios"]["p99_us"] == pytest.approx(cycle["p99_us"] / ct["p99_us"], abs=1e-3)
+    targets = report["targets"]
+    assert targets["p99_us_max"] == pytest.approx(1.5 * ct["p99_us"])
+    assert report["target_met"] == (targets["p99_met"] and targets["misses_met"])

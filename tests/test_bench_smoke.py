@@ -1,0 +1,99 @@
+"""The benchmark scripts run, and print one JSON object with the figures the README quotes.
+
+Targets are not asserted here: a busy CI runner's disk says nothing about the code.
+What is asserted is the contract: exactly one JSON object on stdout, every figure
+present and positive, the baseline measured in the same run, and no benchmark on tmpfs
+unless asked for (fsync is free there, so the figures would flatter the log).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "tools" / "bench"
+
+
+def run_bench(script: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(BENCH / script), *args],
+        capture_output=True, text=True, timeout=timeout, check=False, cwd=ROOT,
+    )
+
+
+def only_json(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)  # fails if anything but one JSON document is printed
+    assert isinstance(result, dict)
+    return result
+
+
+def positive(section: dict[str, Any], *keys: str) -> None:
+    for key in keys:
+        value = section[key]
+        assert isinstance(value, int | float) and not isinstance(value, bool), (key, value)
+        assert value > 0, (key, value)
+
+
+def test_eventlog_append_quick(tmp_path: Path) -> None:
+    result = only_json(run_bench("eventlog_append.py", "--quick", "--dir", str(tmp_path),
+                                 "--allow-tmpfs"))
+    assert result["benchmark"] == "eventlog_append"
+    positive(result, "record_bytes", "seconds_per_measurement", "rounds")
+    positive(result["baseline"], "appends_per_s", "appends", "fsync_p50_us", "fsync_p99_us")
+    for name, target in (("single_writer", 0.9), ("concurrent_writers", 10.0)):
+        section = result[name]
+        positive(section, "appends_per_s", "appends", "fsync_p50_us", "fsync_p99_us",
+                 "mean_batch", "ratio")
+        assert section["target"] == target
+        assert isinstance(section["target_met"], bool)
+        expected_ratio = section["appends_per_s"] / result["baseline"]["appends_per_s"]
+        assert section["ratio"] == pytest.approx(expected_ratio, rel=0.01)
+        assert section["fsync_p99_us"] >= section["fsync_p50_us"]
+    assert result["single_writer"]["mean_batch"] == 1.0
+    assert result["concurrent_writers"]["threads"] == 16
+    positive(result["concurrent_async_tasks"], "appends_per_s", "mean_batch", "ratio")
+    assert result["target_met"] == (
+        result["single_writer"]["target_met"] and result["concurrent_writers"]["target_met"])
+    assert list(tmp_path.iterdir()) == [], "the benchmark left files behind"
+
+
+def test_replay_read_quick(tmp_path: Path) -> None:
+    result = only_json(run_bench("replay_read.py", "--quick", "--dir", str(tmp_path),
+                                 "--allow-tmpfs"))
+    assert result["benchmark"] == "replay_read"
+    assert result["events"] == 100_000
+    positive(result, "segments", "log_bytes", "ratio", "target")
+    for name in ("project", "baseline"):
+        positive(result[name], "events_per_s", "best_seconds")
+        assert len(result[name]["runs_seconds"]) == 3
+        assert min(result[name]["runs_seconds"]) == result[name]["best_seconds"]
+    expected = result["project"]["events_per_s"] / result["baseline"]["events_per_s"]
+    assert result["ratio"] == pytest.approx(expected, rel=0.01)
+    assert result["target"] == 0.6
+    assert isinstance(result["target_met"], bool)
+    assert list(tmp_path.iterdir()) == [], "the benchmark left files behind"
+
+
+def ram_backed_directory() -> Path:
+    """A writable directory on tmpfs, from the real mount table."""
+    for line in Path("/proc/mounts").read_text().splitlines():
+        _, mount_point, fstype, *_ = line.split()
+        if fstype == "tmpfs" and os.access(mount_point, os.W_OK) and Path(mount_point).is_dir():
+            return Path(mount_point)
+    raise AssertionError("this Linux host has no writable tmpfs mount to test the refusal on")
+
+
+@pytest.mark.parametrize("script", ["eventlog_append.py", "replay_read.py"])
+def test_benchmarks_refuse_tmpfs(script: str) -> None:
+    proc = run_bench(script, "--quick", "--dir", str(ram_backed_directory()))
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert "tmpfs" in proc.stderr and "--allow-tmpfs" in proc.stderr

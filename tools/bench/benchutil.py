@@ -1,0 +1,116 @@
+"""Shared plumbing of the benchmark scripts: where they write, and how they report.
+
+A durability benchmark on a RAM-backed filesystem measures nothing (fsync returns at
+once), so the scripts refuse tmpfs unless told otherwise, and always measure the
+project and its baseline in the same directory, interleaved, so both see the same disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+RAM_FILESYSTEMS = frozenset({"tmpfs", "ramfs", "devtmpfs"})
+
+
+def progress(message: str) -> None:
+    """Progress goes to stderr: stdout carries exactly one JSON object."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def emit(result: dict[str, Any]) -> None:
+    sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
+    sys.stdout.flush()
+
+
+def common_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quick", action="store_true",
+                        help="short run (smoke test); the figures are noisier")
+    parser.add_argument("--dir", type=Path, default=None,
+                        help="directory to work in (a temporary subdirectory is created in "
+                             "it and removed afterwards); default: ./var/bench")
+    parser.add_argument("--allow-tmpfs", action="store_true",
+                        help="measure even on a RAM-backed filesystem (figures meaningless "
+                             "for durability)")
+    parser.add_argument("--keep", action="store_true", help="keep the files written")
+
+
+def _unescape_mount_field(field: str) -> str:
+    """/proc/mounts writes space, tab, newline and backslash as octal escapes."""
+    for code in ("040", "011", "012", "134"):
+        field = field.replace("\\" + code, chr(int(code, 8)))
+    return field
+
+
+def filesystem_type(path: Path) -> str | None:
+    """The type of the filesystem holding ``path`` (longest matching mount point), or
+    None when it cannot be told (no /proc/mounts)."""
+    resolved = os.path.realpath(path)
+    best: tuple[int, str] | None = None
+    try:
+        lines = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        mount_point, fstype = _unescape_mount_field(fields[1]), fields[2]
+        prefix = mount_point.rstrip("/") + "/"
+        if (resolved == mount_point or resolved.startswith(prefix) or mount_point == "/") and (
+            best is None or len(mount_point) >= best[0]
+        ):
+            best = (len(mount_point), fstype)
+    return best[1] if best else None
+
+
+@contextmanager
+def work_directory(name: str, args: argparse.Namespace) -> Iterator[tuple[Path, str]]:
+    """A fresh directory for one run (removed afterwards unless ``--keep``), and the type
+    of the filesystem under it; exits with status 2 on a RAM-backed one."""
+    base: Path = args.dir if args.dir is not None else Path.cwd() / "var" / "bench"
+    base.mkdir(parents=True, exist_ok=True)
+    fstype = filesystem_type(base) or "unknown"
+    if fstype in RAM_FILESYSTEMS and not args.allow_tmpfs:
+        progress(
+            f"refusing to benchmark in {base}: it is on {fstype}, where fsync does not reach "
+            "a disk, so durable-write figures would be meaningless. Use --dir on a real "
+            "disk, or --allow-tmpfs to measure anyway."
+        )
+        raise SystemExit(2)
+    if fstype == "unknown":
+        progress(f"warning: could not tell the filesystem type of {base}")
+    # statvfs says whether the disk has room for what we are about to write
+    stat = os.statvfs(base)
+    progress(f"working in {base} ({fstype}, {stat.f_bavail * stat.f_frsize / 2**30:.1f} GiB free)")
+    directory = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=base))
+    try:
+        yield directory, fstype
+    finally:
+        if args.keep:
+            progress(f"kept {directory}")
+        else:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100); NaN for no values."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def rounded(value: float, digits: int = 3) -> float:
+    return float(f"{value:.{digits}g}") if value and math.isfinite(value) else value
