@@ -1,0 +1,283 @@
+"""Cycle wake-up latency of the Python RT cycle against cyclictest, same CPU, same run.
+
+    .venv/bin/python tools/bench/cycle_latency.py [--seconds 60] [--quick] [--cpu 1] [--load]
+
+Runs the mxrc cycle (SCHED_FIFO 80, pinned, mlockall, /dev/cpu_dma_latency held at 0,
+GC frozen and disabled, the default simulated-joint control law in the executive) at
+1 kHz, then ``cyclictest -m -p 80 -a CPU -t 1 -i 1000 -l N -h ...`` for the same number
+of cycles on the same CPU — alternating in blocks of 10 s (``--block-seconds``) with
+histograms summed, because on a busy or virtual machine the background noise drifts
+over minutes and two back-to-back 60 s runs would each see a different machine.
+cyclictest is the floor: it is C, does no work per cycle, and also holds
+/dev/cpu_dma_latency at 0, so whatever the machine (hypervisor stalls included) does to
+one it does to the other. With ``--load`` a busy process spins on every other CPU
+during both runs.
+
+Prints one JSON object: both figure sets (p50/p99/p99.9/max in µs, misses over the
+budget), ratios, the targets — cycle p99 ≤ 1.5 × cyclictest p99 and no more misses than
+cyclictest — and ``target_met``. Exit status 0 when both measurements ran.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from typing import Any
+
+from mxrc.rt.control import DEFAULT_CONTROL_LAW, load_control_law
+from mxrc.rt.cpu import read_machine
+from mxrc.rt.cycle import Cycle, CycleConfig
+from mxrc.rt.executive import Executive
+from mxrc.rt.stats import PERCENTILES, Histogram, percentile_from_bins
+
+PERIOD_NS = 1_000_000
+PRIORITY = 80
+HIST_LIMIT_US = 10_000
+P99_RATIO_MAX = 1.5
+
+
+def _round(value: float) -> float:
+    return round(value, 3)
+
+
+class CycleRuns:
+    """The mxrc cycle's figures summed over the blocks of a run."""
+
+    def __init__(self, cpu: int, budget_ns: int, hook: str) -> None:
+        self.config = CycleConfig(
+            period_ns=PERIOD_NS,
+            cpu=cpu,
+            priority=PRIORITY,
+            budget_ns=budget_ns,
+            histogram_limit_ns=HIST_LIMIT_US * 1000,
+        )
+        self.hook = hook
+        self.wake = Histogram(1_000, HIST_LIMIT_US * 1000)
+        self.exec = Histogram(1_000, HIST_LIMIT_US * 1000)
+        self.misses = 0
+        self.skipped = 0
+        self.tracking_max = 0.0
+        self.status: dict[str, Any] = {}
+        self.faults: list[str] = []
+
+    def run(self, seconds: float) -> None:
+        executive = Executive(PERIOD_NS)
+        law = None
+        if self.hook == "plant":
+            law = load_control_law(DEFAULT_CONTROL_LAW, PERIOD_NS / 1e9)
+            executive.add("control", PERIOD_NS, law.step)
+
+        def hold_safe(_exc: BaseException) -> None:
+            if law is not None:
+                law.hold_safe()
+
+        cycle = Cycle(self.config, hooks=(executive.run,), on_fault=hold_safe)
+        cycle.start()
+        try:
+            time.sleep(seconds)
+        finally:
+            cycle.stop()
+        self.wake.merge(cycle.wake_latency)
+        self.exec.merge(cycle.exec_time)
+        self.misses += cycle.deadlines.misses
+        self.skipped += cycle.skipped_periods
+        self.status = cycle.status()
+        if cycle.fault is not None:
+            self.faults.append(cycle.fault)
+        if law is not None:
+            self.tracking_max = max(self.tracking_max, law.status()["max_abs_error_rad"])
+
+    def figures(self) -> dict[str, Any]:
+        budget_ns = self.config.budget_ns
+        wake = self.wake
+        out: dict[str, Any] = {
+            "samples": wake.count,
+            **{f"{name}_us": wake.percentile(q) / 1000 for name, q in PERCENTILES.items()},
+            "max_us": _round(wake.max_ns / 1000),
+            "misses": self.misses,
+            "miss_rule": f"wake-up latency + execution time > {budget_ns // 1000} µs",
+            "wake_misses": wake.count_at_least(budget_ns),
+            "skipped_periods": self.skipped,
+            "exec_p99_us": self.exec.percentile(0.99) / 1000,
+            "exec_max_us": _round(self.exec.max_ns / 1000),
+            "policy": self.status["policy"],
+            "priority": self.status["priority"],
+            "memory_locked": self.status["memory_locked"],
+            "dma_latency_held": self.status["dma_latency_held"],
+            "gc": self.status["gc"],
+            "hook": self.hook,
+            "degraded": self.status["degraded"],
+            "fault": "; ".join(self.faults) or None,
+        }
+        if self.hook == "plant":
+            out["tracking_max_abs_error_rad"] = self.tracking_max
+        return out
+
+
+_BIN_LINE = re.compile(r"^(\d+)\s+(\d+)\s*$")
+
+
+class CyclictestRuns:
+    """cyclictest's 1 µs histogram summed over the blocks of a run."""
+
+    def __init__(self, cpu: int, budget_us: int) -> None:
+        self.cpu = cpu
+        self.budget_us = budget_us
+        self.bins = [0] * HIST_LIMIT_US
+        self.overflow = 0
+        self.max_us = 0
+        self.error: str | None = None
+        self.command = ""
+
+    def run(self, loops: int) -> None:
+        exe = shutil.which("cyclictest")
+        if exe is None:
+            self.error = "cyclictest not found; install it: apt-get install rt-tests"
+            return
+        command = [
+            exe, "-m", "-p", str(PRIORITY), "-a", str(self.cpu), "-t", "1",
+            "-i", str(PERIOD_NS // 1000), "-l", str(loops), "-h", str(HIST_LIMIT_US), "-q",
+        ]  # fmt: skip
+        self.command = " ".join(["cyclictest", *command[1:]])
+        proc = subprocess.run(command, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            self.error = f"exit {proc.returncode}: {proc.stderr.strip()[-400:]}"
+            return
+        self.add_output(proc.stdout)
+
+    def add_output(self, text: str) -> None:
+        seen = 0
+        for line in text.splitlines():
+            m = _BIN_LINE.match(line)
+            if m:
+                index, count = int(m.group(1)), int(m.group(2))
+                seen += count
+                if index < HIST_LIMIT_US:
+                    self.bins[index] += count
+                else:
+                    self.overflow += count
+            elif line.startswith("# Histogram Overflows:"):
+                overflow = int(line.split(":", 1)[1].split()[0])
+                self.overflow += overflow
+                seen += overflow
+            elif line.startswith("# Max Latencies:"):
+                self.max_us = max(self.max_us, int(line.split(":", 1)[1].split()[0]))
+        if seen == 0:
+            self.error = "cyclictest printed no histogram"
+
+    def figures(self) -> dict[str, Any]:
+        if self.error is not None:
+            return {"error": self.error, "command": self.command}
+        return {
+            "samples": sum(self.bins) + self.overflow,
+            **{
+                f"{name}_us": percentile_from_bins(self.bins, 1, self.overflow, self.max_us, q)
+                for name, q in PERCENTILES.items()
+            },
+            "max_us": self.max_us,
+            "misses": sum(self.bins[self.budget_us :]) + self.overflow,
+            "miss_rule": f"wake-up latency ≥ {self.budget_us} µs",
+            "command": self.command,
+        }
+
+
+def start_load(cpu: int) -> subprocess.Popen[bytes] | None:
+    others = sorted(set(os.sched_getaffinity(0)) - {cpu})
+    if not others:
+        return None
+    spin = f"import os\nos.sched_setaffinity(0, {others})\nwhile True:\n    pass\n"
+    return subprocess.Popen([sys.executable, "-c", spin])
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return round(a / b, 3) if b else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--seconds", type=float, default=60.0, help="duration of each run")
+    parser.add_argument("--quick", action="store_true", help="5 s runs (smoke test)")
+    parser.add_argument("--cpu", type=int, default=None, help="CPU for both (default: last)")
+    parser.add_argument("--load", action="store_true", help="spin a busy process elsewhere")
+    parser.add_argument("--budget-us", type=int, default=500, help="deadline budget in µs")
+    parser.add_argument(
+        "--block-seconds",
+        type=float,
+        default=10.0,
+        help="alternate the two in blocks this long, so slow drifts in machine noise hit both",
+    )
+    parser.add_argument(
+        "--hook", choices=("plant", "none"), default="plant", help="work done each cycle"
+    )
+    args = parser.parse_args(argv)
+    seconds = 5.0 if args.quick else args.seconds
+    cpu = args.cpu if args.cpu is not None else max(os.sched_getaffinity(0))
+    cycles = int(seconds * 1e9 / PERIOD_NS)
+    machine = read_machine()
+
+    blocks = max(1, round(seconds / args.block_seconds))
+    ours = CycleRuns(cpu, args.budget_us * 1000, args.hook)
+    theirs = CyclictestRuns(cpu, args.budget_us)
+    load = start_load(cpu) if args.load else None
+    try:
+        time.sleep(0.5 if load else 0)
+        for block in range(blocks):
+            print(
+                f"cycle_latency: block {block + 1}/{blocks}: mxrc cycle then cyclictest on "
+                f"CPU {cpu}, {seconds / blocks:g} s each",
+                file=sys.stderr,
+            )
+            ours.run(seconds / blocks)
+            theirs.run(cycles // blocks)
+            if theirs.error is not None:
+                break
+    finally:
+        if load is not None:
+            load.kill()
+            load.wait()
+    cycle, ct = ours.figures(), theirs.figures()
+
+    report: dict[str, Any] = {
+        "benchmark": "cycle_latency",
+        "seconds": seconds,
+        "period_us": PERIOD_NS // 1000,
+        "budget_us": args.budget_us,
+        "cpu": cpu,
+        "load": bool(args.load),
+        "blocks": blocks,
+        "environment": {
+            "kernel": os.uname().release,
+            "preemption": machine.preemption.model,
+            "cpu_isolated": cpu in machine.cmdline.isolcpus or cpu in machine.sys_isolated,
+            "cpus": len(machine.cpus),
+        },
+        "cycle": cycle,
+        "cyclictest": ct,
+    }
+    ok = "error" not in ct
+    if ok:
+        report["ratios"] = {
+            key: _ratio(cycle[key], ct[key]) for key in ("p50_us", "p99_us", "p99.9_us", "max_us")
+        }
+        p99_limit = P99_RATIO_MAX * ct["p99_us"]
+        report["targets"] = {
+            "p99_us_max": p99_limit,
+            "p99_met": cycle["p99_us"] <= p99_limit,
+            "misses_max": ct["misses"],
+            "misses_met": cycle["misses"] <= ct["misses"],
+        }
+        report["target_met"] = report["targets"]["p99_met"] and report["targets"]["misses_met"]
+    else:
+        report["target_met"] = False
+    print(json.dumps(report, indent=2, ensure_ascii=False))
+    return 0 if ok and cycle["fault"] is None else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
