@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -30,7 +29,7 @@ import crc32c
 from mxrc import framing
 from mxrc.catalog import event_types
 from mxrc.errors import CorruptLogError, LogFailedError, UnknownEventTypeError
-from mxrc.fsutil import fsync_dir, write_all
+from mxrc.fsutil import fsync_dir, move_tail_aside, write_all
 from mxrc.segments import (
     SEGMENT_FORMAT,
     Record,
@@ -220,18 +219,7 @@ class EventLog:
         while target.exists():  # an earlier repair at the same offset: keep its evidence
             copies += 1
             target = broken / f"{torn.path.name}.{torn.offset}.{copies}.broken"
-        with torn.path.open("rb") as src, target.open("wb") as dst:
-            src.seek(torn.offset)
-            shutil.copyfileobj(src, dst)
-            dst.flush()
-            os.fsync(dst.fileno())
-        fsync_dir(broken)
-        fd = os.open(torn.path, os.O_WRONLY)
-        try:
-            os.ftruncate(fd, torn.offset)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        move_tail_aside(torn.path, torn.offset, target)
 
     @staticmethod
     def _create_segment(directory: Path, node: str, first_seq: int) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 
@@ -34,3 +35,23 @@ def atomic_write(path: Path, data: bytes) -> None:
         os.close(fd)
     os.replace(tmp, path)
     fsync_dir(path.parent)
+
+
+def move_tail_aside(path: Path, offset: int, target: Path) -> None:
+    """Copy ``path[offset:]`` to ``target`` durably, then truncate ``path`` at ``offset``.
+
+    Evidence first: the bytes are on disk elsewhere before they leave the log, so a
+    crash in between leaves them in both places, never in neither.
+    """
+    with path.open("rb") as src, target.open("wb") as dst:
+        src.seek(offset)
+        shutil.copyfileobj(src, dst)
+        dst.flush()
+        os.fsync(dst.fileno())
+    fsync_dir(target.parent)
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.ftruncate(fd, offset)
+        os.fsync(fd)
+    finally:
+        os.close(fd)

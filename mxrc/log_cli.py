@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from typing import Any
 from mxrc.checkpoint import list_checkpoints, read_checkpoint_seq
 from mxrc.errors import CorruptLogError, UsageError
 from mxrc.eventlog import BROKEN_DIR, EventLog, LogIdentity
-from mxrc.fsutil import fsync_dir
+from mxrc.fsutil import fsync_dir, move_tail_aside
 from mxrc.node import DataDirLock, DataLayout
 from mxrc.segments import SegmentReader, list_segments
 from mxrc.statechart import default_registry
@@ -88,21 +87,9 @@ def _count_lines(path: Path, offset: int) -> int:
 def _apply_cut(log_dir: Path, cut: Cut) -> None:
     broken = log_dir / BROKEN_DIR
     broken.mkdir(exist_ok=True)
-    aside = broken / f"{cut.path.name}.{cut.offset}.corrupt"
-    with cut.path.open("rb") as src, aside.open("wb") as dst:
-        src.seek(cut.offset)
-        shutil.copyfileobj(src, dst)
-        dst.flush()
-        os.fsync(dst.fileno())
     for later in cut.later_segments:
         os.replace(later, broken / f"{later.name}.after-corrupt")
-    fsync_dir(broken)
-    fd = os.open(cut.path, os.O_WRONLY)
-    try:
-        os.ftruncate(fd, cut.offset)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    move_tail_aside(cut.path, cut.offset, broken / f"{cut.path.name}.{cut.offset}.corrupt")
     fsync_dir(log_dir)
 
 
