@@ -28,6 +28,10 @@ def _at_least(low: float) -> Callable[[Any], str | None]:
     return lambda v: None if v >= low else f"must be ≥ {low}"
 
 
+def _between(low: int, high: int) -> Callable[[Any], str | None]:
+    return lambda v: None if low <= v <= high else f"must be in {low}..{high}"
+
+
 def _node_id(value: str) -> str | None:
     ok = value and all(c.isalnum() or c in "-_." for c in value) and len(value) <= 64
     return None if ok else "must be 1-64 characters of letters, digits, '-', '_' or '.'"
@@ -55,6 +59,31 @@ SCHEMA: Mapping[str, Mapping[str, Key]] = {
             int, 10, "slots of the major frame (cycle number modulo this)", _at_least(1)
         ),
         "status_interval_s": Key(float, 1.0, "how often cycle progress is logged", _at_least(0.05)),
+    },
+    "rt": {
+        "cpu": Key(
+            int, -1, "CPU the cycle thread is pinned to (-1: last allowed CPU)", _at_least(-1)
+        ),
+        "priority": Key(int, 80, "SCHED_FIFO priority of the cycle thread (1-99)", _between(1, 99)),
+        "budget_us": Key(
+            int,
+            500,
+            "a cycle whose work ends later than this after its deadline is a miss",
+            _at_least(1),
+        ),
+        "lock_memory": Key(bool, True, "mlockall so the cycle never takes a page fault"),
+        "hold_dma_latency": Key(bool, True, "hold /dev/cpu_dma_latency at 0 (no deep C-states)"),
+        "control_law": Key(
+            str, "mxrc.rt.plant:SimulatedJoint", "the control law, as 'package.module:Class'"
+        ),
+        "shm_dir": Key(str, "/dev/shm", "directory (tmpfs) of the shared-memory segments"),
+        "shm_prefix": Key(str, "mxrc", "segment names are <prefix>-<node id>-<segment>", _node_id),
+        "status_every_cycles": Key(
+            int, 100, "a CYCLE_STATUS ring record every this many cycles", _at_least(1)
+        ),
+        "attach_wait_s": Key(
+            float, 5.0, "how long mxrc rt waits for nonrt's segments at start", _at_least(0.0)
+        ),
     },
 }
 
