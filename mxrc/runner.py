@@ -205,6 +205,8 @@ class Runner:
     def console(self, stream: TextIO) -> None:
         for raw in stream:
             words = raw.split()
+            if self._stopped.is_set():  # shutting down: the log may already be closed
+                return
             if not words:
                 continue
             try:
@@ -214,8 +216,6 @@ class Runner:
             except MxrcError as exc:
                 self.say(f"{_stamp()} error: {exc}")
                 self.request_stop(f"error: {exc}")
-            if self._stopped.is_set():
-                return
 
     def command(self, verb: str, arg: str | None) -> None:
         if verb in ("start", "stop", "reset"):
