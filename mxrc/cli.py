@@ -11,7 +11,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from mxrc import __version__, chart_cli, log_cli, replay_cli, runner
+from mxrc import __version__, chart_cli, log_cli, replay_cli, rt_cli, runner
 from mxrc.errors import MxrcError
 
 DESCRIPTION = """\
@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"mxrc {__version__}")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
-    for module in (runner, replay_cli, chart_cli, log_cli):
+    for module in (runner, replay_cli, chart_cli, log_cli, rt_cli):
         module.add_parser(sub)
     return parser
 
