@@ -45,6 +45,10 @@ class ControlLaw(ABC):
     def hold_safe(self) -> None:  # noqa: B027 - optional hook; most laws have no outputs to hold
         """Drive outputs to their safe value; called when the cycle faults."""
 
+    def resume(self) -> None:  # noqa: B027 - optional hook; stateless laws need nothing
+        """Outputs may be driven again (the edge from holding to driving): clear what
+        :meth:`hold_safe` latched and any state built up while holding (integrators)."""
+
     def status(self) -> dict[str, Any]:
         """Measured quantities for observers (read outside the cycle)."""
         return {}

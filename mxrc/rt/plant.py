@@ -269,6 +269,10 @@ class SimulatedJoint(ControlLaw):
         self.voltage = 0.0
         self._applied = 0.0
 
+    def resume(self) -> None:
+        self.safe = False
+        self.pid.integral = 0.0  # no wind-up carried over from the time outputs were held
+
     def status(self) -> dict[str, Any]:
         return {
             "position_rad": self.plant.position,

@@ -231,7 +231,9 @@ class RtHook:
         tick = info.tick
         cause = self._decide(now)
         if cause == 0:
-            self.driving = True
+            if not self.driving:
+                self.law.resume()
+                self.driving = True
             self.executive.run(info)
         elif self.driving:
             self.driving = False

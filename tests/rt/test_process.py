@@ -193,6 +193,21 @@ def test_running_with_a_valid_lease_drives_the_joint(nonrt: Nonrt) -> None:
     assert not faults(nonrt)
 
 
+def test_a_new_lease_after_a_fault_drives_again(nonrt: Nonrt) -> None:
+    nonrt.start()
+    nonrt.wait_status()
+    nonrt.grant()
+    nonrt.wait_for("the joint to move", lambda: position(nonrt) > 0.01)
+    nonrt.cb.write(Mode.RUNNING, TOKEN, time.monotonic_ns() - 1)
+    nonrt.wait_for("a FAULT record", lambda: bool(faults(nonrt)))
+    nonrt.cb.write(Mode.READY, TOKEN, 0)  # nonrt: SAFE_MODE, reset, READY ...
+    time.sleep(0.05)
+    held_at = position(nonrt)
+    nonrt.grant(TOKEN + 1)  # ... and a new start under a new lease
+    nonrt.wait_for("the joint to move again", lambda: abs(position(nonrt) - held_at) > 0.01)
+    assert len(faults(nonrt)) == 1
+
+
 def test_expired_lease_faults_in_the_cycle_that_sees_it(nonrt: Nonrt) -> None:
     nonrt.start()
     nonrt.wait_status()
