@@ -163,12 +163,21 @@ def load_config(path: Path | None, overrides: Mapping[str, Any] | None = None) -
     return build_config(doc, source)
 
 
+def _toml(value: Any) -> str:
+    """A default as it is written in a TOML file (so the reference can be pasted)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return repr(value)
+
+
 def describe_defaults() -> str:
     """The configuration reference, for ``--help`` and the README."""
     lines = []
     for section, keys in SCHEMA.items():
         lines.append(f"[{section}]")
         for name, spec in keys.items():
-            setting = f"{name} = {spec.default!r}"
+            setting = f"{name} = {_toml(spec.default)}"
             lines.append(f"  {setting:<32} # {spec.help}")
     return "\n".join(lines)

@@ -50,3 +50,9 @@ def test_missing_and_broken_files(tmp_path: Path) -> None:
     broken.write_text("[node\n")
     with pytest.raises(ConfigError, match=r"b\.toml: not valid TOML"):
         load_config(broken)
+
+
+def test_the_reference_is_valid_toml_giving_the_defaults() -> None:
+    import tomllib
+
+    assert build_config(tomllib.loads(describe_defaults())) == build_config({})
