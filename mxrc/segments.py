@@ -311,6 +311,11 @@ class SegmentReader:
             why = f"{reason} (valid records follow it, so it is not a torn tail)"
             raise CorruptLogError(str(self.path), offset, why)
         if not self.last_segment:
-            why = f"{reason} (a newer segment follows, so it is not a torn tail)"
+            after = (
+                "the segment is sealed"
+                if self.sealed or self.seal_mismatch_offset
+                else ("a newer segment follows")
+            )
+            why = f"{reason} ({after}, so it is not a torn tail)"
             raise CorruptLogError(str(self.path), offset, why)
         self.torn = TornTail(self.path, offset, size - offset, reason)
