@@ -196,7 +196,7 @@ class Runner:
             f"{layout.root})\n"
             f"  checkpoints:  {layout.checkpoints.resolve()}\n"
             f"  cycle:        stand-in thread at {self.config['cycle.period_ms']} ms "
-            "(the RT process is not built yet)\n"
+            "(mxrc rt is not wired into mxrc run yet)\n"
             "  admin API:    not built yet; type commands on standard input ('help')"
         )
 
