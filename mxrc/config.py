@@ -7,6 +7,7 @@ the value found and what is allowed, and ``mxrc run --help`` can list the defaul
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -88,6 +89,106 @@ SCHEMA: Mapping[str, Mapping[str, Key]] = {
 }
 
 
+# --- [datastore]: a list of key declarations, which the flat schema above cannot hold ---
+
+#: The data store's keys unless ``[[datastore.keys]]`` declares them. nonrt and the RT
+#: process must be started with the same list: a segment whose table differs in any key
+#: is refused at attach, naming the key.
+DEFAULT_DATASTORE_KEYS: tuple[Mapping[str, Any], ...] = (
+    {"name": "setpoint", "type": "f64", "writer": "nonrt", "critical": False},
+    {"name": "joint_position", "type": "f64", "writer": "rt", "critical": False},
+    {"name": "tracking_error", "type": "f64", "writer": "rt", "critical": False},
+)
+#: Keys the RT process writes every cycle: every key list must declare them like this.
+REQUIRED_RT_KEYS: tuple[str, ...] = ("joint_position", "tracking_error")
+DATASTORE_FIELDS: tuple[str, ...] = ("name", "type", "writer", "critical")
+DATASTORE_TYPES = "f64, i64, bool or f64[N] with N in 1..64"
+DATASTORE_WRITERS: tuple[str, ...] = ("nonrt", "rt")
+_KEY_NAME = re.compile(r"[a-z_][a-z0-9_.]{0,63}")
+_KEY_TYPE = re.compile(r"(?:f64|i64|bool|f64\[([1-9][0-9]?)\])")
+
+
+def _datastore_entry(where: str, entry: Any) -> dict[str, Any]:
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where}: must be a table of {', '.join(DATASTORE_FIELDS)}")
+    extra = sorted(set(entry) - set(DATASTORE_FIELDS))
+    if extra:
+        raise ConfigError(
+            f"{where}.{extra[0]}: unknown setting; settings: {', '.join(DATASTORE_FIELDS)}"
+        )
+    for field in ("name", "type", "writer"):
+        if field not in entry:
+            raise ConfigError(f"{where}.{field}: missing (every key needs name, type, writer)")
+        if not isinstance(entry[field], str):
+            raise ConfigError(
+                f"{where}.{field}: expected str, got {type(entry[field]).__name__} "
+                f"{entry[field]!r}"
+            )
+    name, type_, writer = entry["name"], entry["type"], entry["writer"]
+    if not _KEY_NAME.fullmatch(name):
+        raise ConfigError(
+            f"{where}.name: {name!r} must be 1-64 characters of lower-case letters, digits, "
+            "'_' or '.', starting with a letter or '_'"
+        )
+    match = _KEY_TYPE.fullmatch(type_)
+    if match is None or (match.group(1) is not None and int(match.group(1)) > 64):
+        raise ConfigError(f"{where}.type: {type_!r} must be one of {DATASTORE_TYPES}")
+    if writer not in DATASTORE_WRITERS:
+        raise ConfigError(f"{where}.writer: {writer!r} must be 'nonrt' or 'rt'")
+    critical = entry.get("critical", False)
+    if not isinstance(critical, bool):
+        raise ConfigError(f"{where}.critical: expected true or false, got {critical!r}")
+    return {"name": name, "type": type_, "writer": writer, "critical": critical}
+
+
+def _datastore(source: str, given: Any) -> dict[str, Any]:
+    """Validate ``[datastore]``: ``keys`` is an array of tables (``[[datastore.keys]]``)
+    or a table of tables keyed by name (``[datastore.keys.setpoint]``)."""
+    if not isinstance(given, dict):
+        raise ConfigError(f"{source}: datastore must be a table, got {given!r}")
+    extra = sorted(set(given) - {"keys"})
+    if extra:
+        raise ConfigError(f"{source}: unknown key datastore.{extra[0]}; keys of [datastore]: keys")
+    raw = given.get("keys", DEFAULT_DATASTORE_KEYS)
+    entries: list[tuple[str, Any]]
+    if isinstance(raw, dict):
+        entries = []
+        for name, entry in raw.items():
+            where = f"{source}: datastore.keys.{name}"
+            if isinstance(entry, dict) and "name" in entry and entry["name"] != name:
+                raise ConfigError(f"{where}.name: {entry['name']!r} differs from the table name")
+            entries.append((where, {**entry, "name": name} if isinstance(entry, dict) else entry))
+    elif isinstance(raw, list | tuple):
+        entries = [(f"{source}: datastore.keys[{i}]", e) for i, e in enumerate(raw)]
+    else:
+        raise ConfigError(
+            f"{source}: datastore.keys: expected an array of tables ([[datastore.keys]]), "
+            f"got {type(raw).__name__} {raw!r}"
+        )
+    if not entries:
+        raise ConfigError(f"{source}: datastore.keys: at least one key must be declared")
+    keys: list[dict[str, Any]] = []
+    for where, entry in entries:
+        key = _datastore_entry(where, entry)
+        if any(k["name"] == key["name"] for k in keys):
+            raise ConfigError(f"{where}.name: {key['name']!r} is declared twice")
+        keys.append(key)
+    by_name = {k["name"]: k for k in keys}
+    for name in REQUIRED_RT_KEYS:
+        required = by_name.get(name)
+        if required is None or required["type"] != "f64" or required["writer"] != "rt":
+            found = (
+                "missing"
+                if required is None
+                else f"declared {required['type']}, writer {required['writer']!r}"
+            )
+            raise ConfigError(
+                f"{source}: datastore.keys: the RT process writes {name!r} every cycle, so "
+                f'it must be declared with type "f64", writer "rt" ({found})'
+            )
+    return {"keys": tuple(keys)}
+
+
 @dataclass(frozen=True)
 class Config:
     values: Mapping[str, Mapping[str, Any]]
@@ -121,10 +222,11 @@ def _coerce(where: str, spec: Key, value: Any) -> Any:
 
 def build_config(doc: Mapping[str, Any], source: str = "defaults") -> Config:
     """Validate a decoded TOML document (possibly empty) against :data:`SCHEMA`."""
-    unknown = sorted(set(doc) - set(SCHEMA))
+    sections = [*SCHEMA, "datastore"]
+    unknown = sorted(set(doc) - set(sections))
     if unknown:
         raise ConfigError(
-            f"{source}: unknown section [{unknown[0]}]; sections: {', '.join(SCHEMA)}"
+            f"{source}: unknown section [{unknown[0]}]; sections: {', '.join(sections)}"
         )
     values: dict[str, dict[str, Any]] = {}
     for section, keys in SCHEMA.items():
@@ -141,6 +243,7 @@ def build_config(doc: Mapping[str, Any], source: str = "defaults") -> Config:
             name: _coerce(f"{source}: {section}.{name}", spec, given.get(name, spec.default))
             for name, spec in keys.items()
         }
+    values["datastore"] = _datastore(source, doc.get("datastore", {}))
     return Config(values, source)
 
 
@@ -180,4 +283,12 @@ def describe_defaults() -> str:
         for name, spec in keys.items():
             setting = f"{name} = {_toml(spec.default)}"
             lines.append(f"  {setting:<32} # {spec.help}")
+    lines.append("[datastore]")
+    lines.append("# one [[datastore.keys]] per data-store key, the same for nonrt and mxrc rt:")
+    lines.append(f"#   type {DATASTORE_TYPES}; writer nonrt or rt;")
+    lines.append("#   critical = true: nonrt logs the key's changes.")
+    lines.append(f"# {' and '.join(REQUIRED_RT_KEYS)} (f64, writer rt) must be declared.")
+    for key in DEFAULT_DATASTORE_KEYS:
+        lines.append("[[datastore.keys]]")
+        lines.extend(f"  {field} = {_toml(key[field])}" for field in DATASTORE_FIELDS)
     return "\n".join(lines)

@@ -65,6 +65,7 @@ exit codes: 0 nothing blocks real-time running, 1 at least one warning
 examples:
   mxrc check                # the CPU mxrc rt would use by default (the last one)
   mxrc check --cpu 3
+  mxrc check --config /etc/mxrc/mxrc.toml   # rt.cpu and rt.priority from the file
   mxrc check --json | jq '.[] | select(.level == "warn")'
 """
 
@@ -92,10 +93,17 @@ def add_parser(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     check.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="TOML configuration file: its rt.cpu and rt.priority are the ones checked",
+    )
+    check.add_argument(
         "--cpu",
         type=int,
         metavar="N",
-        help="the CPU the cycle would be pinned to (default: the last allowed CPU, as rt.cpu = -1)",
+        help="the CPU the cycle would be pinned to (default: rt.cpu of the configuration; "
+        "-1 or no configuration: the last allowed CPU)",
     )
     check.add_argument("--json", action="store_true", help="findings as a JSON array")
     check.set_defaults(func=_check)
@@ -165,8 +173,13 @@ def privilege_findings(priority: int = DEFAULT_PRIORITY) -> list[rtcpu.Finding]:
 
 
 def _check(args: argparse.Namespace) -> int:
-    cpu = args.cpu if args.cpu is not None else sched.default_cpu()
-    findings = rtcpu.audit(cpu) + privilege_findings(DEFAULT_PRIORITY)
+    config = load_config(args.config)
+    configured = int(config["rt.cpu"])
+    if args.cpu is not None:
+        cpu = args.cpu
+    else:
+        cpu = configured if configured >= 0 else sched.default_cpu()
+    findings = rtcpu.audit(cpu) + privilege_findings(int(config["rt.priority"]))
     if args.json:
         print(json.dumps([asdict(f) for f in findings], indent=2))
     else:

@@ -56,3 +56,95 @@ def test_the_reference_is_valid_toml_giving_the_defaults() -> None:
     import tomllib
 
     assert build_config(tomllib.loads(describe_defaults())) == build_config({})
+
+
+def _keys(*extra: dict[str, object]) -> dict[str, object]:
+    base: list[dict[str, object]] = [
+        {"name": "joint_position", "type": "f64", "writer": "rt"},
+        {"name": "tracking_error", "type": "f64", "writer": "rt"},
+    ]
+    return {"datastore": {"keys": [*base, *extra]}}
+
+
+def test_datastore_keys_are_read_from_an_array_of_tables(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(
+        "[[datastore.keys]]\n"
+        'name = "setpoint"\ntype = "f64"\nwriter = "nonrt"\ncritical = true\n'
+        "[[datastore.keys]]\n"
+        'name = "joint_position"\ntype = "f64"\nwriter = "rt"\n'
+        "[[datastore.keys]]\n"
+        'name = "tracking_error"\ntype = "f64"\nwriter = "rt"\n'
+        "[[datastore.keys]]\n"
+        'name = "gains"\ntype = "f64[6]"\nwriter = "nonrt"\n'
+    )
+    keys = load_config(path)["datastore.keys"]
+    assert [(k["name"], k["type"], k["writer"], k["critical"]) for k in keys] == [
+        ("setpoint", "f64", "nonrt", True),
+        ("joint_position", "f64", "rt", False),
+        ("tracking_error", "f64", "rt", False),
+        ("gains", "f64[6]", "nonrt", False),
+    ]
+    assert [k["name"] for k in build_config({})["datastore.keys"]] == [
+        "setpoint",
+        "joint_position",
+        "tracking_error",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        (
+            _keys({"name": "kp", "type": "f32", "writer": "nonrt"}),
+            r"datastore\.keys\[2\]\.type: 'f32' must be one of f64, i64, bool or f64\[N\]",
+        ),
+        (
+            _keys({"name": "v", "type": "f64[65]", "writer": "nonrt"}),
+            r"datastore\.keys\[2\]\.type: 'f64\[65\]' must be one of",
+        ),
+        (
+            _keys({"name": "kp", "type": "f64", "writer": "both"}),
+            r"datastore\.keys\[2\]\.writer: 'both' must be 'nonrt' or 'rt'",
+        ),
+        (
+            _keys({"name": "kp", "type": "f64", "writer": "rt", "critical": "yes"}),
+            r"datastore\.keys\[2\]\.critical: expected true or false",
+        ),
+        (_keys({"name": "kp", "writer": "rt"}), r"datastore\.keys\[2\]\.type: missing"),
+        (
+            _keys({"name": "Kp", "type": "f64", "writer": "rt"}),
+            r"datastore\.keys\[2\]\.name: 'Kp' must be",
+        ),
+        (
+            _keys({"name": "kp", "type": "f64", "writer": "rt", "unit": "rad"}),
+            r"datastore\.keys\[2\]\.unit: unknown setting",
+        ),
+        (
+            _keys({"name": "joint_position", "type": "f64", "writer": "rt"}),
+            r"datastore\.keys\[2\]\.name: 'joint_position' is declared twice",
+        ),
+        (
+            {"datastore": {"keys": [{"name": "setpoint", "type": "f64", "writer": "nonrt"}]}},
+            r"datastore\.keys: the RT process writes 'joint_position' every cycle.*missing",
+        ),
+        (
+            {
+                "datastore": {
+                    "keys": [
+                        {"name": "joint_position", "type": "f64", "writer": "rt"},
+                        {"name": "tracking_error", "type": "f64", "writer": "nonrt"},
+                    ]
+                }
+            },
+            r"'tracking_error' every cycle, so it must be declared with type \"f64\", "
+            r"writer \"rt\" \(declared f64, writer 'nonrt'\)",
+        ),
+        ({"datastore": {"keys": []}}, r"datastore\.keys: at least one key"),
+        ({"datastore": {"keys": 3}}, r"datastore\.keys: expected an array of tables"),
+        ({"datastore": {"key": []}}, r"unknown key datastore\.key"),
+    ],
+)
+def test_bad_datastore_keys_are_named(doc: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        build_config(doc, "mxrc.toml")

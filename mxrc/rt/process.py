@@ -14,8 +14,11 @@ cycle, and on the edge from driving to holding it publishes a FAULT record namin
 cause, so "why did it stop" is answered by the cycle that stopped, not guessed later.
 
 The main thread only reports the start, then sleeps until SIGTERM/SIGINT (or a cycle
-fault). Stopping is done *by the cycle*: the hook holds outputs safe and publishes the
-final record itself, so the ring keeps exactly one writer and the last output the joint
+fault), waking once a second to keep the cycle thread pinned across CPU hotplug (see
+:mod:`mxrc.rt.hotplug`).
+
+Stopping is done *by the cycle*: the hook holds outputs safe and publishes the final
+record itself, so the ring keeps exactly one writer and the last output the joint
 sees is the safe one. ``notify`` is the seam for systemd's sd_notify/watchdog (a later
 issue): it is called with ``READY=1``, ``WATCHDOG=1`` and ``STOPPING=1`` at the points
 where those messages belong.
@@ -34,13 +37,14 @@ from pathlib import Path
 from types import FrameType
 from typing import Final
 
-from mxrc.config import Config
+from mxrc.config import Config, build_config
 from mxrc.errors import MxrcError
 from mxrc.rt.control import ControlLaw, load_control_law
 from mxrc.rt.controlblock import ControlBlock, ControlBlockReader, ControlState, Mode
 from mxrc.rt.cycle import Cycle, CycleConfig, CycleInfo, CycleStartError
 from mxrc.rt.datastore import DataStore, DataStoreSegment, KeySpec, KeyTable, Side
 from mxrc.rt.executive import Executive
+from mxrc.rt.hotplug import POLL_INTERVAL_S, PinWatch
 from mxrc.rt.plant import SimulatedJoint
 from mxrc.rt.ring import Ring, RingLayout, RingWriter
 from mxrc.rt.shm import SegmentNotFoundError, ShmLayoutError
@@ -50,15 +54,21 @@ from mxrc.rt.stats import DeadlineCounter, Histogram
 #: other geometry is refused at attach with the field that differs.
 RING_LAYOUT: Final = RingLayout(capacity=4096, payload_size=64)
 
-#: The data store's key table, fixed here until the configuration declares keys. A table
-#: in the segment that differs in any key is refused at attach, naming the key.
-DEFAULT_KEYS: Final = KeyTable(
-    [
-        KeySpec("setpoint", "f64", Side.NONRT),
-        KeySpec("joint_position", "f64", Side.RT),
-        KeySpec("tracking_error", "f64", Side.RT),
-    ]
-)
+
+
+def key_table(config: Config) -> KeyTable:
+    """The data store's key table, as ``[[datastore.keys]]`` declares it. A table in the
+    segment that differs in any key is refused at attach, naming the key."""
+    return KeyTable(
+        [
+            KeySpec(k["name"], k["type"], Side(k["writer"]), bool(k["critical"]))
+            for k in config["datastore.keys"]
+        ]
+    )
+
+
+#: The key table of the default configuration.
+DEFAULT_KEYS: Final = key_table(build_config({}))
 
 STOP_TIMEOUT_S: Final = 2.0
 WATCHDOG_INTERVAL_S: Final = 0.5
@@ -152,7 +162,7 @@ def attach(config: Config, node_id: str) -> Attached:
         ring = Ring.attach(ring_name, RING_LAYOUT, directory=directory, wait_s=wait_s)
         opened.append(ring)
         store = DataStoreSegment.attach(
-            store_name, DEFAULT_KEYS, directory=directory, wait_s=wait_s
+            store_name, key_table(config), directory=directory, wait_s=wait_s
         )
     except ShmLayoutError as exc:
         for segment in opened:
@@ -401,10 +411,17 @@ def _serve(
             raise RtStartError(f"cycle thread did not start: {exc}") from None
         print_line(start_line(node_id, attached, cycle, law_path))
         notify("READY=1")
+        watch = None
+        if cycle.tid is not None and cycle.cpu is not None:
+            watch = PinWatch(cycle.tid, cycle.cpu, print_line)
+        next_watch = time.monotonic() + POLL_INTERVAL_S
         while not stop.wait(WATCHDOG_INTERVAL_S):
             if not cycle.running:
                 break
             notify("WATCHDOG=1")
+            if watch is not None and time.monotonic() >= next_watch:
+                next_watch += POLL_INTERVAL_S
+                watch.poll()
         notify("STOPPING=1")
         hook.stop_requested = True
         hook.stopped.wait(STOP_TIMEOUT_S)  # the cycle holds outputs and writes the record

@@ -250,3 +250,29 @@ def test_read_damon_from_a_sysfs_tree(tmp_path: Path) -> None:
     (tmp_path / "nr_kdamonds").write_text("1\n")
     assert cpu.read_damon(str(tmp_path)) == (cpu.Damon(0, "on", ("paddr",), ("pageout",)),)
     assert cpu.read_damon(str(tmp_path / "absent")) == ()
+
+
+def test_check_takes_cpu_and_priority_from_the_config(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    config = tmp_path / "mxrc.toml"
+    config.write_text("[rt]\ncpu = 0\npriority = 17\n")
+    run = subprocess.run(
+        [sys.executable, "-m", "mxrc", "check", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode in (0, 1), run.stderr
+    last = run.stdout.strip().splitlines()[-1]
+    assert last.startswith("CPU 0: "), run.stdout
+    assert "SCHED_FIFO priority 17" in run.stdout or "< 17" in run.stdout, run.stdout
+    # --cpu still wins over the file
+    override = subprocess.run(
+        [sys.executable, "-m", "mxrc", "check", "--config", str(config), "--cpu", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert override.stdout.strip().splitlines()[-1].startswith("CPU 1: "), override.stdout

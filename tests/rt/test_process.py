@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from mxrc.rt.controlblock import ControlBlock, Mode
-from mxrc.rt.datastore import DataStoreSegment, Side
+from mxrc.rt.datastore import DataStoreSegment, KeySpec, KeyTable, Side
 from mxrc.rt.process import (
     DEFAULT_KEYS,
     FAULT_CAUSE,
@@ -45,14 +45,20 @@ LEASE_NS = 30 * 1_000_000_000  # far enough ahead that only the test ends a leas
 class Nonrt:
     """The test's stand-in for mxrc-nonrt: owns the segments, runs ``mxrc rt``."""
 
-    def __init__(self, tmp: Path, ring_layout: RingLayout = RING_LAYOUT) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        ring_layout: RingLayout = RING_LAYOUT,
+        keys: KeyTable = DEFAULT_KEYS,
+        config_keys: KeyTable | None = None,
+    ) -> None:
         self.shm_dir = tmp / "shm"
         self.shm_dir.mkdir()
         node = f"t{os.getpid()}"
         control, ring, store = segment_names("mxrc-test", node)
         self.control = ControlBlock.create(control, directory=self.shm_dir)
         self.ring = Ring.create(ring, ring_layout, directory=self.shm_dir)
-        self.store_segment = DataStoreSegment.create(store, DEFAULT_KEYS, directory=self.shm_dir)
+        self.store_segment = DataStoreSegment.create(store, keys, directory=self.shm_dir)
         self.cb = self.control.writer()
         self.store = self.store_segment.store(Side.NONRT)
         self.reader = self.ring.reader() if ring_layout == RING_LAYOUT else None
@@ -72,6 +78,7 @@ shm_prefix = "mxrc-test"
 status_every_cycles = 1
 attach_wait_s = 1.0
 """
+            + (keys_toml(config_keys) if config_keys is not None else "")
         )
         self.proc: subprocess.Popen[str] | None = None
 
@@ -137,6 +144,15 @@ attach_wait_s = 1.0
                 self.proc.communicate(timeout=5)
         for segment in (self.store_segment, self.ring, self.control):
             segment.close()  # the creator unlinks
+
+
+def keys_toml(table: KeyTable) -> str:
+    """The ``[[datastore.keys]]`` declarations of ``table``, as a config file has them."""
+    return "".join(
+        f'[[datastore.keys]]\nname = "{k.name}"\ntype = "{k.type}"\n'
+        f'writer = "{k.writer.value}"\ncritical = {"true" if k.critical else "false"}\n'
+        for k in table.keys
+    )
 
 
 @pytest.fixture
@@ -294,3 +310,61 @@ def test_sigterm_holds_outputs_and_writes_a_final_record(nonrt: Nonrt) -> None:
     assert last.rtype == RecordType.STOPPED
     assert last.f64()[STOPPED_WAS_DRIVING] == 1.0
     assert not faults(nonrt)
+
+
+def test_keys_declared_in_the_config_are_the_ones_attached(tmp_path: Path) -> None:
+    keys = KeyTable([*DEFAULT_KEYS.keys, KeySpec("gain", "f64[3]", Side.NONRT, critical=True)])
+    peer = Nonrt(tmp_path, keys=keys, config_keys=keys)
+    try:
+        peer.start()
+        peer.wait_status()
+        peer.store.set("gain", [1.0, 2.0, 3.0])
+        peer.grant()
+        peer.wait_for("the joint to move", lambda: position(peer) > 0.01)
+        code, out, err = peer.stop()
+        assert code == 0, err
+        assert f"{segment_names('mxrc-test', f't{os.getpid()}')[2]} (4 keys)" in out
+    finally:
+        peer.close()
+
+
+def test_a_store_with_another_key_table_is_refused_naming_the_key(tmp_path: Path) -> None:
+    # nonrt was configured with setpoint as i64; mxrc rt runs with the default table.
+    keys = KeyTable(
+        [KeySpec("setpoint", "i64", Side.NONRT), *DEFAULT_KEYS.keys[1:]]
+    )
+    peer = Nonrt(tmp_path, keys=keys)
+    try:
+        proc = peer.start()
+        out, err = proc.communicate(timeout=15)
+        assert proc.returncode == RtLayoutError.exit_code, err
+        lines = err.strip().splitlines()
+        assert len(lines) == 1, err
+        assert "key 'setpoint' is f64 here but i64 in the segment" in lines[0]
+        assert out == ""
+    finally:
+        peer.close()
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two allowed CPUs")
+def test_the_cycle_thread_is_pinned_again_when_its_affinity_is_lost(nonrt: Nonrt) -> None:
+    proc = nonrt.start()
+    nonrt.wait_status()
+    pinned = []
+    for task in Path(f"/proc/{proc.pid}/task").iterdir():
+        with suppress(ProcessLookupError, FileNotFoundError):
+            if os.sched_getaffinity(int(task.name)) == {CPU}:
+                pinned.append(int(task.name))
+    assert len(pinned) == 1  # the cycle thread; the main thread is not pinned
+    (tid,) = pinned
+    everywhere = os.sched_getaffinity(0)
+    os.sched_setaffinity(tid, everywhere)  # as the kernel does when the CPU goes offline
+    deadline = time.monotonic() + 5
+    while os.sched_getaffinity(tid) != {CPU}:
+        assert time.monotonic() < deadline, "the cycle thread was not pinned again"
+        time.sleep(0.05)
+    code, out, err = nonrt.stop()
+    assert code == 0, err
+    lines = out.splitlines()
+    assert len(lines) == 2, out
+    assert lines[1].startswith(f"mxrc rt: re-pinned the cycle thread (tid {tid}) to CPU {CPU}")
