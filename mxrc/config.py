@@ -286,7 +286,7 @@ def describe_defaults() -> str:
     lines.append("[datastore]")
     lines.append("# one [[datastore.keys]] per data-store key, the same for nonrt and mxrc rt:")
     lines.append(f"#   type {DATASTORE_TYPES}; writer nonrt or rt;")
-    lines.append("#   critical = true: its changes go through the event log (with the non-RT process).")
+    lines.append("#   critical = true: its changes go through the event log (non-RT side).")
     lines.append(f"# {' and '.join(REQUIRED_RT_KEYS)} (f64, writer rt) must be declared.")
     for key in DEFAULT_DATASTORE_KEYS:
         lines.append("[[datastore.keys]]")
