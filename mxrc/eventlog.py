@@ -93,7 +93,6 @@ class EventLog:
         identity: LogIdentity,
         *,
         fd: int,
-        segment_path: Path,
         size: int,
         last_seq: int,
         segment_bytes: int,
@@ -105,7 +104,6 @@ class EventLog:
         self.repaired_tail = torn
         self._types = event_types()
         self._fd = fd
-        self._segment_path = segment_path
         self._size = size
         self._cond = threading.Condition(threading.Lock())
         self._next_seq = last_seq + 1
@@ -199,7 +197,6 @@ class EventLog:
             directory,
             identity,
             fd=fd,
-            segment_path=path,
             size=size,
             last_seq=last_seq,
             segment_bytes=segment_bytes,
@@ -422,7 +419,6 @@ class EventLog:
         new_fd = os.open(path, os.O_WRONLY | os.O_APPEND)
         os.close(self._fd)
         self._fd = new_fd
-        self._segment_path = path
         self._size = os.fstat(new_fd).st_size
         self._segment_first = first_seq
         self._segment_crc = int(crc32c.crc32c(path.read_bytes()))

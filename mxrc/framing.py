@@ -36,8 +36,8 @@ class FrameError(ValueError):
 
 
 def checksum(body_without_brace: bytes | memoryview) -> int:
-    """CRC32C over ``body`` + ``}`` (the object minus its crc member)."""
-    return int(crc32c.crc32c(b"}", crc32c.crc32c(body_without_brace)))
+    """CRC32C over ``body`` + ``}`` (the object minus its crc member): the one rule."""
+    return int(_crc32c(b"}", _crc32c(body_without_brace)))
 
 
 def encode(obj: Mapping[str, Any]) -> bytes:
@@ -47,7 +47,7 @@ def encode(obj: Mapping[str, Any]) -> bytes:
     if "crc" in obj:
         raise ValueError("the 'crc' member is added by the framing; do not set it")
     head = orjson.dumps(obj)[:-1]
-    return b"%b%b%d}\n" % (head, CRC_KEY, _crc32c(b"}", _crc32c(head)))
+    return b"%b%b%d}\n" % (head, CRC_KEY, checksum(head))
 
 
 def verified(line: bytes) -> dict[str, Any] | None:
@@ -67,7 +67,7 @@ def verified(line: bytes) -> dict[str, Any] | None:
     cut = line.rfind(CRC_KEY)
     if cut < 0 or not line[cut + _CRC_KEY_LENGTH : end].isdigit():
         return None
-    if _crc32c(b"}", _crc32c(line[:cut])) != stored:
+    if checksum(line[:cut]) != stored:
         return None
     return obj  # type: ignore[no-any-return]
 

@@ -259,13 +259,9 @@ class Record(NamedTuple):
 # --- writer and reader over a region ------------------------------------------------------
 
 
-class RingWriter:
-    """The single producer. Exactly one writer per ring (the cycle thread).
-
-    A restarted writer resumes at the published ``head``: a record its predecessor was
-    killed in the middle of is simply rewritten (readers never saw it: ``head`` had not
-    moved past it and its slot was odd).
-    """
+class _SlotView:
+    """Where the head counter and the slots are, resolved once into plain attributes so
+    the hot paths of writer and reader do no lookups through the layout."""
 
     def __init__(self, region: Region, layout: RingLayout) -> None:
         self.layout = layout
@@ -276,6 +272,18 @@ class RingWriter:
         self._slots = base + CONTROL_SIZE
         self._mask = layout.capacity - 1
         self._rs = layout.record_size
+
+
+class RingWriter(_SlotView):
+    """The single producer. Exactly one writer per ring (the cycle thread).
+
+    A restarted writer resumes at the published ``head``: a record its predecessor was
+    killed in the middle of is simply rewritten (readers never saw it: ``head`` had not
+    moved past it and its slot was odd).
+    """
+
+    def __init__(self, region: Region, layout: RingLayout) -> None:
+        super().__init__(region, layout)
         self._pack = struct.Struct(layout.fields_format).pack_into
         self._payload = bytearray(layout.payload_size)
         #: Staging area for the next record's payload; fill it in place (no allocation).
@@ -364,7 +372,7 @@ class RingWriter:
         return self.publish(rtype, cycle, t_ns)
 
 
-class RingReader:
+class RingReader(_SlotView):
     """A non-blocking consumer for nonrt: :meth:`poll` returns what is there, now.
 
     Readers write nothing to the ring, so any number may read one ring, and a reader can
@@ -384,14 +392,7 @@ class RingReader:
         sees recent history) instead of with the next one to be published. The oldest
         :func:`lap_slack` slots are left out, as the writer is about to overwrite them.
         Records gone before the reader started are not counted as dropped."""
-        self.layout = layout
-        self._buf = region.buf
-        self._q = region.u64()
-        base = region.body_offset
-        self._head_word = base // 8
-        self._slots = base + CONTROL_SIZE
-        self._mask = layout.capacity - 1
-        self._rs = layout.record_size
+        super().__init__(region, layout)
         self._row = struct.Struct(layout.row_format)
         head: int = self._q[self._head_word]
         oldest = head - layout.capacity + lap_slack(layout.capacity)
