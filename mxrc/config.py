@@ -33,6 +33,14 @@ def _between(low: int, high: int) -> Callable[[Any], str | None]:
     return lambda v: None if low <= v <= high else f"must be in {low}..{high}"
 
 
+def _one_of(*allowed: str) -> Callable[[Any], str | None]:
+    return lambda v: None if v in allowed else f"must be one of {', '.join(allowed)}"
+
+
+def _fraction(value: float) -> str | None:
+    return None if 0.0 < value <= 1.0 else "must be in (0, 1]"
+
+
 def _node_id(value: str) -> str | None:
     ok = value and all(c.isalnum() or c in "-_." for c in value) and len(value) <= 64
     return None if ok else "must be 1-64 characters of letters, digits, '-', '_' or '.'"
@@ -84,6 +92,59 @@ SCHEMA: Mapping[str, Mapping[str, Key]] = {
         ),
         "attach_wait_s": Key(
             float, 5.0, "how long mxrc rt waits for nonrt's segments at start", _at_least(0.0)
+        ),
+    },
+    "nonrt": {
+        "ring_poll_ms": Key(
+            float, 5.0, "how often nonrt drains the RT process's ring", _at_least(0.5)
+        ),
+        "bus_queue": Key(int, 4096, "EventBus queue size (oldest events dropped when full)",
+                         _at_least(16)),
+        "fault_misses": Key(
+            int,
+            10,
+            "this many deadline misses within health.window_s fault a RUNNING node",
+            _at_least(1),
+        ),
+        "rt_silence_s": Key(
+            float, 1.0, "no ring record for this long: the RT process is lost", _at_least(0.05)
+        ),
+        "events_memory": Key(
+            int, 10000, "recent records served from memory by /v1/events", _at_least(100)
+        ),
+    },
+    "ha": {
+        "backend": Key(str, "local", "leader election: local (a quorum of one)", _one_of("local")),
+        "lease_ttl_s": Key(float, 2.0, "leader lease time-to-live", _at_least(0.1)),
+        "renew_interval_s": Key(
+            float, 0.5, "how often the lease is renewed (well below the TTL)", _at_least(0.01)
+        ),
+        "safety_margin_s": Key(
+            float,
+            0.2,
+            "the control block's deadline is renewal start + TTL - this margin",
+            _at_least(0.0),
+        ),
+    },
+    "api": {
+        "host": Key(str, "127.0.0.1", "admin API address (loopback unless you mean it)"),
+        "port": Key(int, 8780, "admin API port (0: any free port)", _between(0, 65535)),
+        "token_file": Key(
+            str, "", "bearer token for mutating calls (empty: <data_dir>/api-token)"
+        ),
+        "max_body_bytes": Key(int, 16384, "largest request body accepted", _at_least(64)),
+    },
+    "health": {
+        "window_s": Key(float, 10.0, "window of the deadline-miss rate", _at_least(0.1)),
+        "miss_rate_unhealthy": Key(
+            float, 0.001, "miss rate (misses/cycles) above which the node is unhealthy", _fraction
+        ),
+        "bus_fill_degraded": Key(
+            float, 0.9, "EventBus queue fill above which the node is degraded", _fraction
+        ),
+        "ring_stall_s": Key(
+            float, 1.0, "no new ring record for this long: shared memory unhealthy",
+            _at_least(0.01)
         ),
     },
 }

@@ -1,0 +1,1 @@
+"""Leadership: leases with fencing tokens behind one backend interface."""

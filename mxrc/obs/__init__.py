@@ -1,0 +1,1 @@
+"""Observability: metrics (Prometheus), and later logging and tracing."""

@@ -1,0 +1,135 @@
+"""What travels on the EventBus: small immutable facts, one class per kind.
+
+Producers are the ring consumer (what the RT process said), the controller (records
+journalled, lease changes) and the admin API; observers (metrics, health, log, the
+live event stream) read them. Times are CLOCK_MONOTONIC ns (``mono_ns``) unless named
+``wall``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mxrc.segments import Record
+
+
+@dataclass(frozen=True, slots=True)
+class CycleStatus:
+    """A CYCLE_STATUS ring record: the cycle's figures every ``rt.status_every_cycles``."""
+
+    cycle: int
+    slot: int
+    mono_ns: int
+    wake_p99_us: float
+    misses: int
+    tracking_error: float
+    driving: bool
+    joint_position: float
+    traceparent: str | None = None
+
+
+#: Upper bounds of the wake-up latency buckets the RT process reports (CYCLE_HISTOGRAM).
+WAKE_BUCKETS_NS: tuple[int, ...] = (20_000, 50_000, 100_000, 200_000, 500_000, 1_000_000)
+
+
+@dataclass(frozen=True, slots=True)
+class CycleHistogram:
+    """Cumulative wake-up latency counts since the RT process started:
+    ``counts[i]`` samples were ≤ ``bounds_ns[i]`` (:data:`WAKE_BUCKETS_NS`); ``total``
+    samples in all, summing to ``sum_ns``."""
+
+    cycle: int
+    mono_ns: int
+    bounds_ns: tuple[int, ...]
+    counts: tuple[int, ...]
+    total: int
+    sum_ns: float
+
+
+@dataclass(frozen=True, slots=True)
+class RtStarted:
+    cycle: int
+    mono_ns: int
+    cpu: int
+    priority: int  # 0: not SCHED_FIFO (degraded)
+    period_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class RtFault:
+    """The cycle went from driving to holding safe outputs, and why (FaultCause name)."""
+
+    cycle: int
+    mono_ns: int
+    cause: str
+    mode: int
+    token: int
+    lease_left_ns: int
+    expected_token: int
+    traceparent: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RtStopped:
+    cycle: int
+    mono_ns: int
+    was_driving: bool
+    misses: int
+    cycles: int
+
+
+@dataclass(frozen=True, slots=True)
+class RtLost:
+    """No ring record for ``silence_s`` while the RT process was expected to run."""
+
+    mono_ns: int
+    silence_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class RingDrops:
+    """The ring overwrote records nonrt had not read yet (``total`` since start)."""
+
+    mono_ns: int
+    new: int
+    total: int
+
+
+@dataclass(frozen=True, slots=True)
+class Journaled:
+    """A record is durable in the event log."""
+
+    record: Record
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseChanged:
+    """Leadership facts after a renewal attempt that changed any of them."""
+
+    mono_ns: int
+    leader: bool
+    quorum: bool
+    token: int
+    deadline_ns: int  # CLOCK_MONOTONIC; 0 when not leader
+
+
+@dataclass(frozen=True, slots=True)
+class ApiRequest:
+    method: str
+    route: str  # the route pattern, e.g. /v1/commands/{trigger}
+    status: int
+    duration_s: float
+
+
+BusEvent = (
+    CycleStatus
+    | CycleHistogram
+    | RtStarted
+    | RtFault
+    | RtStopped
+    | RtLost
+    | RingDrops
+    | Journaled
+    | LeaseChanged
+    | ApiRequest
+)
