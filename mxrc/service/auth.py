@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Final
 
 from mxrc.errors import MxrcError
+from mxrc.fsutil import fsync_dir, write_all
 
 TOKEN_BYTES: Final = 32
 _SCHEME: Final = "bearer"
@@ -41,7 +42,7 @@ def load_or_create_token(path: Path) -> str:
     try:
         try:
             os.fchmod(fd, 0o600)  # the umask may only remove bits, but be explicit
-            os.write(fd, token.encode("ascii") + b"\n")
+            write_all(fd, token.encode("ascii") + b"\n")
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -49,6 +50,7 @@ def load_or_create_token(path: Path) -> str:
             os.link(tmp, path)  # atomic, and never replaces a token another process wrote
         except FileExistsError:
             return _read_token(path)
+        fsync_dir(path.parent)  # the token a client was given survives a power loss
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
@@ -64,7 +66,7 @@ def _read_token(path: Path) -> str:
         mode = stat.S_IMODE(os.fstat(fd).st_mode)
         if mode & 0o077:
             raise TokenFileError(
-                f"{path}: token file has mode {mode:04o}, readable by group or others; "
+                f"{path}: token file has mode {mode:04o}: group or others have access; "
                 f"it must be 0600 (run: chmod 600 {path}, and replace the token if it leaked)"
             )
         with os.fdopen(os.dup(fd), "rb") as f:
