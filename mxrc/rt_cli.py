@@ -20,6 +20,7 @@ from mxrc.config import describe_defaults, load_config
 from mxrc.rt import cpu as rtcpu
 from mxrc.rt import process, sched
 from mxrc.rt.cycle import DEFAULT_PRIORITY
+from mxrc.service.notify import Notifier
 
 RT_EPILOG = f"""\
 It attaches to the three shared-memory segments mxrc-nonrt creates (named
@@ -33,11 +34,17 @@ holds the outputs, writes a final STOPPED record and exits 0.
 Missing privileges do not stop it: it runs degraded and says so (with the fix) in its
 start line. Run `mxrc check` first to see what the machine needs.
 
+Under systemd (Type=notify, NOTIFY_SOCKET set) it sends READY=1 once the cycle runs,
+a STATUS= line every second (cycles, deadline misses, driving or holding), STOPPING=1
+on the way out, and WATCHDOG=1 at half of WatchdogSec= only while the cycle counter
+advances: a cycle stuck in its control law stops the pings and systemd's watchdog fires.
+
 examples:
   mxrc rt                                 # defaults: node-1, /dev/shm, 1 ms cycle
   mxrc rt --config /etc/mxrc/mxrc.toml --node-id cell-3
 
-exit codes: 0 stopped by a signal, 8 bad configuration (or control law),
+exit codes: 0 stopped by a signal, 8 bad configuration (or control law, or an unusable
+  NOTIFY_SOCKET / WATCHDOG_USEC / WATCHDOG_PID),
   {process.RtLayoutError.exit_code} a segment has another layout (the line names the field),
   {process.RtAttachError.exit_code} nonrt's segments did not appear in time,
   {process.RtStartError.exit_code} the cycle thread could not start,
@@ -112,7 +119,16 @@ def add_parser(sub: Any) -> None:
 def _rt(args: argparse.Namespace) -> int:
     overrides = {"node.id": args.node_id} if args.node_id else None
     config = load_config(args.config, overrides)
-    return process.run(config, config.node_id, print_line=lambda line: print(line, flush=True))
+    notifier = Notifier.from_environment()  # a bad WATCHDOG_USEC is refused before attaching
+    try:
+        return process.run(
+            config,
+            config.node_id,
+            notifier=notifier,
+            print_line=lambda line: print(line, flush=True),
+        )
+    finally:
+        notifier.close()
 
 
 def privilege_findings(priority: int = DEFAULT_PRIORITY) -> list[rtcpu.Finding]:

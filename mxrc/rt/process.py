@@ -13,15 +13,35 @@ seen when RUNNING began; in every other case it holds the outputs safe in that s
 cycle, and on the edge from driving to holding it publishes a FAULT record naming the
 cause, so "why did it stop" is answered by the cycle that stopped, not guessed later.
 
-The main thread only reports the start, then sleeps until SIGTERM/SIGINT (or a cycle
-fault), waking once a second to keep the cycle thread pinned across CPU hotplug (see
-:mod:`mxrc.rt.hotplug`).
+Ring records (``RecordType``; eight float64 payload words each, indices below):
+
+* ``STARTED``, the first record (from the first cycle, once the thread is set up) —
+  CPU, SCHED_FIFO priority (0: not SCHED_FIFO), period in ns (``STARTED_*``);
+* ``CYCLE_STATUS`` every ``rt.status_every_cycles`` — slot, wake-up p99 (µs), deadline
+  misses, tracking error, driving (1/0), joint position (``STATUS_*``);
+* ``CYCLE_HISTOGRAM`` right after each CYCLE_STATUS, same cycle and time — cumulative
+  counts of wake-up latencies ≤ each bound of
+  :data:`mxrc.service.events.WAKE_BUCKETS_NS` (20, 50, 100, 200, 500, 1000 µs) since
+  the process started, then the total count, then the sum in ns (``HISTOGRAM_*``).
+  The hook counts each cycle's latency into eight machine integers as it goes (one
+  ``bisect`` in C), so the record costs no scan of the cycle's 10,000-bin histogram
+  and is exact at the bounds, which 1 µs bins are not;
+* ``FAULT`` on the edge from driving to holding — cause, mode, token, lease left,
+  expected token (``FAULT_*``);
+* ``STOPPED``, the final record — was driving, misses, cycles (``STOPPED_*``).
+
+The main thread reports the start, then sleeps until SIGTERM/SIGINT (or a cycle fault),
+waking a few times per watchdog interval to tell systemd how the cycle is doing and,
+once a second, to keep the cycle thread pinned across CPU hotplug (see
+:mod:`mxrc.rt.hotplug`). systemd gets ``READY=1`` once the cycle runs, ``STATUS=`` lines
+(cycles, misses, driving or holding), ``STOPPING=1`` on the way out, and ``WATCHDOG=1``
+only while the cycle counter advances (:class:`~mxrc.service.notify.WatchdogGate`): a
+main thread that merely exists proves nothing, so a cycle stuck in a control law stops
+the pings and systemd's watchdog (``WatchdogSec=``) fires.
 
 Stopping is done *by the cycle*: the hook holds outputs safe and publishes the final
 record itself, so the ring keeps exactly one writer and the last output the joint
-sees is the safe one. ``notify`` is the seam for systemd's sd_notify/watchdog (a later
-issue): it is called with ``READY=1``, ``WATCHDOG=1`` and ``STOPPING=1`` at the points
-where those messages belong.
+sees is the safe one.
 """
 
 from __future__ import annotations
@@ -30,6 +50,8 @@ import math
 import signal
 import threading
 import time
+from array import array
+from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
@@ -49,11 +71,12 @@ from mxrc.rt.plant import SimulatedJoint
 from mxrc.rt.ring import Ring, RingLayout, RingWriter
 from mxrc.rt.shm import SegmentNotFoundError, ShmLayoutError
 from mxrc.rt.stats import DeadlineCounter, Histogram
+from mxrc.service.events import WAKE_BUCKETS_NS
+from mxrc.service.notify import Notifier, WatchdogGate
 
 #: The ring nonrt creates for this process. Both sides must agree on it: a ring of any
 #: other geometry is refused at attach with the field that differs.
 RING_LAYOUT: Final = RingLayout(capacity=4096, payload_size=64)
-
 
 
 def key_table(config: Config) -> KeyTable:
@@ -71,16 +94,24 @@ def key_table(config: Config) -> KeyTable:
 DEFAULT_KEYS: Final = key_table(build_config({}))
 
 STOP_TIMEOUT_S: Final = 2.0
+#: How often to ping when systemd gave no WATCHDOG_USEC (the pings then only say "alive").
 WATCHDOG_INTERVAL_S: Final = 0.5
+#: The main thread looks at the cycle this many times per watchdog interval, so a ping
+#: is never more than a quarter interval late; and at least this often (seconds).
+WATCH_CHECKS_PER_INTERVAL: Final = 4
+WATCH_TICK_MAX_S: Final = 0.5
+#: How often a STATUS= line goes to systemd (``systemctl status`` shows the latest).
+STATUS_INTERVAL_S: Final = 1.0
 
 
 class RecordType(IntEnum):
     """Ring record types written by the RT process (the ``rtype`` field)."""
 
-    STARTED = 1  # payload: CPU, priority (0: not SCHED_FIFO), period ns
+    STARTED = 1  # payload: see STARTED_* indices; the first record, from the first cycle
     CYCLE_STATUS = 2  # payload: see STATUS_* indices
     FAULT = 3  # payload: see FAULT_* indices
     STOPPED = 4  # payload: see STOPPED_* indices
+    CYCLE_HISTOGRAM = 5  # payload: see HISTOGRAM_* indices; right after each CYCLE_STATUS
 
 
 class FaultCause(IntEnum):
@@ -95,10 +126,17 @@ class FaultCause(IntEnum):
 
 # Payload word indices (float64). Lease times are relative to the decision time so they
 # survive the float64 conversion exactly, whatever the uptime.
+STARTED_CPU, STARTED_PRIORITY, STARTED_PERIOD_NS = 0, 1, 2
 STATUS_SLOT, STATUS_WAKE_P99_US, STATUS_MISSES, STATUS_TRACKING_ERROR = 0, 1, 2, 3
 STATUS_DRIVING, STATUS_JOINT_POSITION = 4, 5
 FAULT_CAUSE, FAULT_MODE, FAULT_TOKEN, FAULT_LEASE_LEFT_NS, FAULT_EXPECTED_TOKEN = 0, 1, 2, 3, 4
 STOPPED_WAS_DRIVING, STOPPED_MISSES, STOPPED_CYCLES = 0, 1, 2
+# CYCLE_HISTOGRAM: words HISTOGRAM_COUNTS + i hold the samples ≤ WAKE_BUCKETS_NS[i].
+HISTOGRAM_COUNTS = 0
+HISTOGRAM_TOTAL = HISTOGRAM_COUNTS + len(WAKE_BUCKETS_NS)
+HISTOGRAM_SUM_NS = HISTOGRAM_TOTAL + 1
+if RING_LAYOUT.payload_size < 8 * (HISTOGRAM_SUM_NS + 1):  # pragma: no cover - layout guard
+    raise ImportError("CYCLE_HISTOGRAM does not fit the ring's payload")
 
 
 class RtLayoutError(MxrcError):
@@ -218,6 +256,13 @@ class RtHook:
         self.payload = ring.payload_f64
         self.wake_latency: Histogram | None = None
         self.deadlines: DeadlineCounter | None = None
+        self.wake_bounds = WAKE_BUCKETS_NS
+        #: Wake-up latency samples per bucket (``[i]``: ≤ bound i and > bound i-1), then
+        #: above the largest bound, then the sum in ns. Machine integers: counting
+        #: creates no object the garbage collector tracks.
+        self.wake_counts = array("Q", bytes(8 * (len(WAKE_BUCKETS_NS) + 2)))
+        self.wake_sum_index = len(WAKE_BUCKETS_NS) + 1
+        self.cycle: Cycle | None = None
         self.driving = False
         self.expected_token = 0  # the token seen when RUNNING began; 0: none yet
         self.fenced = False  # a token changed while RUNNING: wait for RUNNING to end
@@ -233,12 +278,19 @@ class RtHook:
         hook reads them without going through ``Cycle.status()``)."""
         self.wake_latency = cycle.wake_latency
         self.deadlines = cycle.deadlines
+        self.cycle = cycle
 
     def __call__(self, info: CycleInfo) -> None:
         if self.stopped.is_set():
             return
+        late = max(info.wake_ns - info.deadline_ns, 0)
+        counts = self.wake_counts
+        counts[bisect_left(self.wake_bounds, late)] += 1
+        counts[self.wake_sum_index] += late
         now = time.monotonic_ns()
         tick = info.tick
+        if self.cycles == 0:
+            self._publish_started(tick, now, info.period_ns)
         cause = self._decide(now)
         if cause == 0:
             if not self.driving:
@@ -279,6 +331,19 @@ class RtHook:
             return FaultCause.LEASE_EXPIRED
         return 0
 
+    def _publish_started(self, tick: int, now: int, period_ns: int) -> None:
+        """The first record: where the cycle runs (known only once its thread is set
+        up, and published by that thread, the ring's one writer)."""
+        cycle = self.cycle
+        p = self.payload
+        for i in range(len(p)):
+            p[i] = 0.0
+        p[STARTED_CPU] = cycle.cpu if cycle is not None and cycle.cpu is not None else -1
+        fifo = cycle is not None and cycle.policy[0] == "SCHED_FIFO"
+        p[STARTED_PRIORITY] = cycle.policy[1] if cycle is not None and fifo else 0
+        p[STARTED_PERIOD_NS] = period_ns
+        self.ring.publish(RecordType.STARTED, tick, now)
+
     def _publish_status(self, tick: int, now: int) -> None:
         p = self.payload
         p[STATUS_SLOT] = tick % self.frame_slots
@@ -289,6 +354,19 @@ class RtHook:
         p[STATUS_DRIVING] = 1.0 if self.driving else 0.0
         p[STATUS_JOINT_POSITION] = self.position()
         self.ring.publish(RecordType.CYCLE_STATUS, tick, now)
+        self._publish_histogram(tick, now)
+
+    def _publish_histogram(self, tick: int, now: int) -> None:
+        """Cumulative counts from the per-bucket ones: seven additions, no scan."""
+        p = self.payload
+        counts = self.wake_counts
+        total = 0
+        for i in range(len(self.wake_bounds)):
+            total += counts[i]
+            p[HISTOGRAM_COUNTS + i] = total
+        p[HISTOGRAM_TOTAL] = total + counts[len(self.wake_bounds)]  # + above the last bound
+        p[HISTOGRAM_SUM_NS] = counts[self.wake_sum_index]
+        self.ring.publish(RecordType.CYCLE_HISTOGRAM, tick, now)
 
     def _publish_fault(self, cause: int, tick: int, now: int) -> None:
         p = self.payload
@@ -360,10 +438,12 @@ def run(
     config: Config,
     node_id: str,
     *,
-    notify: Callable[[str], None] = lambda message: None,
+    notifier: Notifier | None = None,
     print_line: Callable[[str], None] = print,
 ) -> int:
-    """Attach, run the cycle until SIGTERM/SIGINT, stop it cleanly; the exit code."""
+    """Attach, run the cycle until SIGTERM/SIGINT, stop it cleanly; the exit code.
+
+    ``notifier`` carries the systemd notifications (none when omitted)."""
     period_s = float(config["cycle.period_ms"]) / 1000
     law_path = str(config["rt.control_law"])
     law = load_control_law(law_path, period_s)
@@ -384,9 +464,62 @@ def run(
         )
         cycle = Cycle(cycle_cfg, hooks=[hook], on_fault=hook.on_fault)
         hook.bind(cycle)
-        return _serve(cycle, hook, node_id, attached, law_path, notify, print_line)
+        return _serve(
+            cycle, hook, node_id, attached, law_path, notifier or Notifier(None), print_line
+        )
     finally:
         attached.close()
+
+
+def status_line(cycle: Cycle, hook: RtHook, stalled_s: float = 0.0) -> str:
+    """The one-line summary systemd shows (``systemctl status``): cheap to build, read
+    from counters only (no percentile scan while the cycle runs)."""
+    cycles, misses = cycle.cycles, cycle.deadlines.misses
+    state = "driving" if hook.driving else "holding outputs"
+    line = (
+        f"{state}; {cycles} cycle{'' if cycles == 1 else 's'}, "
+        f"{misses} deadline miss{'' if misses == 1 else 'es'}"
+    )
+    if stalled_s > 0:
+        line += f"; cycle not progressing for {stalled_s:.1f} s"
+    return line
+
+
+class CycleWatch:
+    """What the main thread tells systemd about the cycle, decided from its counter.
+
+    ``WATCHDOG=1`` goes out only when :class:`WatchdogGate` sees the cycle counter move
+    (at half of ``WatchdogSec=``, or every :data:`WATCHDOG_INTERVAL_S` without one);
+    ``STATUS=`` every :data:`STATUS_INTERVAL_S`, naming a stall when there is one.
+    """
+
+    def __init__(self, cycle: Cycle, hook: RtHook, notifier: Notifier, now_s: float) -> None:
+        self.cycle = cycle
+        self.hook = hook
+        self.notifier = notifier
+        self.gate = WatchdogGate(notifier.watchdog_interval_s or WATCHDOG_INTERVAL_S)
+        self.tick_s = min(self.gate.interval_s / WATCH_CHECKS_PER_INTERVAL, WATCH_TICK_MAX_S)
+        self.next_status_s = now_s + STATUS_INTERVAL_S
+        self.last_cycles = cycle.cycles
+        self.progress_s = now_s  # when the counter last moved
+
+    def stalled_s(self, now_s: float) -> float:
+        """How long the counter has not moved, once that spans two checks (a running
+        cycle moves it dozens of times between two checks); 0.0 otherwise."""
+        quiet = now_s - self.progress_s
+        return quiet if quiet >= self.tick_s * 2 else 0.0
+
+    def poll(self, now_s: float) -> None:
+        cycles = self.cycle.cycles
+        if cycles != self.last_cycles:
+            self.last_cycles = cycles
+            self.progress_s = now_s
+        healthy = self.cycle.running and self.cycle.fault is None
+        if self.gate.should_ping(now_s, cycles, healthy):
+            self.notifier.watchdog()
+        if now_s >= self.next_status_s:
+            self.next_status_s = now_s + STATUS_INTERVAL_S
+            self.notifier.status(status_line(self.cycle, self.hook, self.stalled_s(now_s)))
 
 
 def _serve(
@@ -395,12 +528,14 @@ def _serve(
     node_id: str,
     attached: Attached,
     law_path: str,
-    notify: Callable[[str], None],
+    notifier: Notifier,
     print_line: Callable[[str], None],
 ) -> int:
     stop = threading.Event()
+    signalled: list[int] = []
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
+        signalled.append(signum)
         stop.set()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -410,19 +545,23 @@ def _serve(
         except CycleStartError as exc:
             raise RtStartError(f"cycle thread did not start: {exc}") from None
         print_line(start_line(node_id, attached, cycle, law_path))
-        notify("READY=1")
-        watch = None
+        notifier.ready(status_line(cycle, hook))
+        pin_watch = None
         if cycle.tid is not None and cycle.cpu is not None:
-            watch = PinWatch(cycle.tid, cycle.cpu, print_line)
-        next_watch = time.monotonic() + POLL_INTERVAL_S
-        while not stop.wait(WATCHDOG_INTERVAL_S):
+            pin_watch = PinWatch(cycle.tid, cycle.cpu, print_line)
+        watch = CycleWatch(cycle, hook, notifier, time.monotonic())
+        watch.poll(time.monotonic())
+        next_pin_check = time.monotonic() + POLL_INTERVAL_S
+        while not stop.wait(watch.tick_s):
             if not cycle.running:
                 break
-            notify("WATCHDOG=1")
-            if watch is not None and time.monotonic() >= next_watch:
-                next_watch += POLL_INTERVAL_S
-                watch.poll()
-        notify("STOPPING=1")
+            now_s = time.monotonic()
+            watch.poll(now_s)
+            if pin_watch is not None and now_s >= next_pin_check:
+                next_pin_check += POLL_INTERVAL_S
+                pin_watch.poll()
+        why = signal.Signals(signalled[0]).name if signalled else "the cycle ended"
+        notifier.stopping(f"stopping ({why}): {status_line(cycle, hook)}")
         hook.stop_requested = True
         hook.stopped.wait(STOP_TIMEOUT_S)  # the cycle holds outputs and writes the record
         cycle.stop(STOP_TIMEOUT_S)

@@ -5,37 +5,62 @@ with a temporary configuration, writes the control block and reads the ring. The
 process publishes a CYCLE_STATUS record every cycle here (``status_every_cycles = 1``),
 so the ring gives a cycle-by-cycle account (cycle number, decision time, driving or not)
 that the lease test uses to show *when* the fault was raised, not only that it was.
+
+The systemd tests play the service manager too: a real datagram socket in NOTIFY_SOCKET
+receives what ``mxrc rt`` sends, and a control law defined here (loaded by the child
+through ``rt.control_law``) gets stuck on request, so the watchdog test shows pings
+stopping because the cycle stopped, not because anything was simulated.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import secrets
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import suppress
 from pathlib import Path
 
 import pytest
 
+from mxrc.rt.control import load_control_law
 from mxrc.rt.controlblock import ControlBlock, Mode
+from mxrc.rt.cycle import CycleInfo
 from mxrc.rt.datastore import DataStoreSegment, KeySpec, KeyTable, Side
+from mxrc.rt.executive import Executive
+from mxrc.rt.plant import SimulatedJoint
 from mxrc.rt.process import (
     DEFAULT_KEYS,
     FAULT_CAUSE,
     FAULT_LEASE_LEFT_NS,
+    HISTOGRAM_COUNTS,
+    HISTOGRAM_SUM_NS,
+    HISTOGRAM_TOTAL,
     RING_LAYOUT,
+    STARTED_CPU,
+    STARTED_PERIOD_NS,
+    STARTED_PRIORITY,
     STATUS_DRIVING,
+    STOPPED_CYCLES,
     STOPPED_WAS_DRIVING,
     FaultCause,
     RecordType,
+    RtHook,
     RtLayoutError,
     segment_names,
 )
 from mxrc.rt.ring import Record, Ring, RingLayout
+from mxrc.rt.stats import DeadlineCounter, Histogram
+from mxrc.service.events import WAKE_BUCKETS_NS
 
+ROOT = Path(__file__).resolve().parents[2]
 PERIOD_NS = 1_000_000
 CPU = max(os.sched_getaffinity(0))
 TOKEN = 41
@@ -51,6 +76,7 @@ class Nonrt:
         ring_layout: RingLayout = RING_LAYOUT,
         keys: KeyTable = DEFAULT_KEYS,
         config_keys: KeyTable | None = None,
+        control_law: str | None = None,
     ) -> None:
         self.shm_dir = tmp / "shm"
         self.shm_dir.mkdir()
@@ -78,16 +104,24 @@ shm_prefix = "mxrc-test"
 status_every_cycles = 1
 attach_wait_s = 1.0
 """
+            + (f'control_law = "{control_law}"\n' if control_law else "")
             + (keys_toml(config_keys) if config_keys is not None else "")
         )
         self.proc: subprocess.Popen[str] | None = None
 
-    def start(self) -> subprocess.Popen[str]:
+    def start(self, env: Mapping[str, str] | None = None) -> subprocess.Popen[str]:
+        """``python -m mxrc rt``; ``env`` is added to this process's environment (and the
+        repository is on the child's path, so a test module can name its control law)."""
+        child_env = None
+        if env is not None:
+            path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+            child_env = {**os.environ, "PYTHONPATH": path, **env}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mxrc", "rt", "--config", str(self.config)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            env=child_env,
         )
         return self.proc
 
@@ -330,9 +364,7 @@ def test_keys_declared_in_the_config_are_the_ones_attached(tmp_path: Path) -> No
 
 def test_a_store_with_another_key_table_is_refused_naming_the_key(tmp_path: Path) -> None:
     # nonrt was configured with setpoint as i64; mxrc rt runs with the default table.
-    keys = KeyTable(
-        [KeySpec("setpoint", "i64", Side.NONRT), *DEFAULT_KEYS.keys[1:]]
-    )
+    keys = KeyTable([KeySpec("setpoint", "i64", Side.NONRT), *DEFAULT_KEYS.keys[1:]])
     peer = Nonrt(tmp_path, keys=keys)
     try:
         proc = peer.start()
@@ -368,3 +400,251 @@ def test_the_cycle_thread_is_pinned_again_when_its_affinity_is_lost(nonrt: Nonrt
     lines = out.splitlines()
     assert len(lines) == 2, out
     assert lines[1].startswith(f"mxrc rt: re-pinned the cycle thread (tid {tid}) to CPU {CPU}")
+
+
+# --- wake-up latency histogram records --------------------------------------------------------
+
+
+def histograms(peer: Nonrt) -> list[Record]:
+    return peer.of_type(RecordType.CYCLE_HISTOGRAM)
+
+
+def histogram_words(record: Record) -> tuple[list[int], int, float]:
+    """(cumulative counts per WAKE_BUCKETS_NS bound, total, sum ns) of one record."""
+    p = record.f64()
+    counts = [p[HISTOGRAM_COUNTS + i] for i in range(len(WAKE_BUCKETS_NS))]
+    assert all(c == int(c) for c in counts) and p[HISTOGRAM_TOTAL] == int(p[HISTOGRAM_TOTAL])
+    return [int(c) for c in counts], int(p[HISTOGRAM_TOTAL]), p[HISTOGRAM_SUM_NS]
+
+
+def test_the_hook_counts_wake_latencies_into_cumulative_buckets_exact_at_the_bounds(
+    nonrt: Nonrt,
+) -> None:
+    law = load_control_law("mxrc.rt.plant:SimulatedJoint", PERIOD_NS / 1e9)
+    executive = Executive(PERIOD_NS)
+    executive.add("control_law", PERIOD_NS, law.step)
+    hook = RtHook(
+        law,
+        executive,
+        nonrt.control.reader(),
+        nonrt.ring.writer(),
+        nonrt.store_segment.store(Side.RT),
+        frame_slots=10,
+        status_every=3,
+    )
+    hook.wake_latency = Histogram()
+    hook.deadlines = DeadlineCounter(budget_ns=500_000)
+    # Each bound, and one nanosecond either side of it; a wake-up before the deadline
+    # (impossible with clock_nanosleep, but not trusted) counts as zero.
+    latencies = [-3, 0, 19_999, 20_000, 20_001, 50_000, 99_999, 100_000, 200_001]
+    latencies += [500_000, 999_999, 1_000_000, 1_000_001, 7_000_000]
+    info = CycleInfo(PERIOD_NS)
+    for k, late in enumerate(latencies):
+        info.tick = k
+        info.deadline_ns = 10**12 + k * PERIOD_NS
+        info.wake_ns = info.deadline_ns + late
+        hook(info)
+    records = nonrt.poll()
+    assert records[0].rtype == RecordType.STARTED
+    found = histograms(nonrt)
+    assert [r.cycle for r in found] == [0, 3, 6, 9, 12]  # with every third status
+    for hist in found:
+        status = records[records.index(hist) - 1]
+        assert status.rtype == RecordType.CYCLE_STATUS  # right after its status record
+        assert (status.cycle, status.t_ns) == (hist.cycle, hist.t_ns)
+        seen = [max(v, 0) for v in latencies[: hist.cycle + 1]]
+        counts, total, sum_ns = histogram_words(hist)
+        assert counts == [sum(v <= bound for v in seen) for bound in WAKE_BUCKETS_NS]
+        assert total == len(seen) and sum_ns == sum(seen)
+    assert histogram_words(found[-1])[0] == [4, 6, 8, 8, 10, 12]  # 200_001 is not ≤ 200 µs
+
+
+def test_histogram_records_from_mxrc_rt_are_cumulative_and_count_every_cycle(
+    nonrt: Nonrt,
+) -> None:
+    nonrt.start()
+    nonrt.wait_for("300 CYCLE_HISTOGRAM records", lambda: len(histograms(nonrt)) >= 300)
+    code, _out, err = nonrt.stop()
+    assert code == 0, err
+    nonrt.poll()
+    records = nonrt.records
+    started = records[0]
+    assert started.rtype == RecordType.STARTED  # the first record, from the first cycle
+    words = started.f64()
+    assert words[STARTED_CPU] == CPU and words[STARTED_PERIOD_NS] == PERIOD_NS
+    assert words[STARTED_PRIORITY] in (0.0, 80.0)  # 0: SCHED_FIFO refused here
+    assert nonrt.reader is not None and nonrt.reader.dropped == 0  # nothing lost: exact
+    found = histograms(nonrt)
+    previous: tuple[list[int], int, float] = ([0] * len(WAKE_BUCKETS_NS), 0, 0.0)
+    for hist in found:
+        status = records[records.index(hist) - 1]
+        assert status.rtype == RecordType.CYCLE_STATUS and status.cycle == hist.cycle
+        counts, total, sum_ns = histogram_words(hist)
+        assert counts == sorted(counts) and counts[-1] <= total  # cumulative, within total
+        assert all(now >= before for now, before in zip(counts, previous[0], strict=True))
+        assert total == previous[1] + 1  # one status per cycle: each record adds one sample
+        assert sum_ns > previous[2]  # every wake-up is at least a little late
+        previous = (counts, total, sum_ns)
+    assert histogram_words(found[0])[1] == 1
+    stopped = records[-1]
+    assert stopped.rtype == RecordType.STOPPED
+    assert previous[1] == stopped.f64()[STOPPED_CYCLES]  # the last record counted every cycle
+    assert len(found) == len(nonrt.of_type(RecordType.CYCLE_STATUS))
+
+
+# --- systemd: READY, STATUS, STOPPING, and a watchdog fed only by progress ---------------------
+
+
+STALL_ENV = "MXRC_TEST_STALL_FILE"
+STALLING_LAW = f"{__name__}:StallingJoint"
+
+
+class StallingJoint(SimulatedJoint):
+    """The default joint, until the file named by ``$MXRC_TEST_STALL_FILE`` exists: then
+    its computation never returns (as a law stuck in a blocking call), so the cycle
+    counter stops while the process and its main thread live on. Bounded to a minute in
+    case the test that started it could not kill it."""
+
+    def __init__(self, period_s: float) -> None:
+        super().__init__(period_s)
+        self.stall_file = os.environ.get(STALL_ENV, "")
+
+    def compute(self, info: CycleInfo) -> None:
+        super().compute(info)
+        if self.stall_file and os.path.exists(self.stall_file):
+            give_up = time.monotonic() + 60
+            while time.monotonic() < give_up:
+                time.sleep(0.05)
+
+
+class NotifyReceiver:
+    """systemd's end of NOTIFY_SOCKET: a bound AF_UNIX datagram socket."""
+
+    def __init__(self) -> None:
+        self.directory = Path(tempfile.mkdtemp(prefix="mxrc-rt-notify-"))  # short path
+        self.address = str(self.directory / "notify")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.address)
+
+    def recv(self, timeout: float) -> bytes:
+        self.sock.settimeout(timeout)
+        return self.sock.recv(65536)
+
+    def collect(self, seconds: float) -> list[bytes]:
+        """Every datagram that arrives within ``seconds``."""
+        out = []
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            try:
+                out.append(self.recv(left))
+            except TimeoutError:
+                break
+        return out
+
+    def pending(self) -> list[bytes]:
+        out = []
+        self.sock.setblocking(False)
+        with suppress(BlockingIOError):
+            while True:
+                out.append(self.sock.recv(65536))
+        return out
+
+    def close(self) -> None:
+        self.sock.close()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+@pytest.fixture
+def receiver() -> Iterator[NotifyReceiver]:
+    made = NotifyReceiver()
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+def pings(datagrams: list[bytes]) -> int:
+    return sum(d == b"WATCHDOG=1" for d in datagrams)
+
+
+def test_the_watchdog_is_fed_only_while_the_cycle_counter_advances(
+    tmp_path: Path, receiver: NotifyReceiver
+) -> None:
+    stall_file = tmp_path / "stall"
+    peer = Nonrt(tmp_path, control_law=STALLING_LAW)
+    try:
+        peer.start(
+            {
+                "NOTIFY_SOCKET": receiver.address,
+                "WATCHDOG_USEC": "200000",  # WatchdogSec=0.2: a ping every 0.1 s
+                STALL_ENV: str(stall_file),
+            }
+        )
+        ready = receiver.recv(timeout=15)
+        assert ready.startswith(b"READY=1\nSTATUS=holding outputs; "), ready
+        idle = receiver.collect(1.0)
+        assert 5 <= pings(idle) <= 12, idle  # every 0.1-0.125 s: within WatchdogSec, no more
+        assert all(d == b"WATCHDOG=1" or d.startswith(b"STATUS=") for d in idle)
+
+        peer.grant()
+        peer.wait_driving()
+        assert pings(receiver.collect(0.5)) >= 2  # driving the law: still progressing
+
+        stall_file.touch()  # the law's next computation never returns
+        quiet_since = time.monotonic()
+        count = len(peer.records)
+        deadline = time.monotonic() + 10
+        while time.monotonic() - quiet_since < 0.4:  # the ring went quiet: the cycle is stuck
+            assert time.monotonic() < deadline, "the cycle did not stall"
+            assert peer.proc is not None and peer.proc.poll() is None
+            time.sleep(0.01)
+            peer.poll()
+            if len(peer.records) != count:
+                count, quiet_since = len(peer.records), time.monotonic()
+        assert peer.of_type(RecordType.CYCLE_STATUS)[-1].f64()[STATUS_DRIVING] == 1.0
+        receiver.pending()  # a last ping may have left before the main thread saw the stall
+        stuck = receiver.collect(1.5)
+        assert pings(stuck) == 0, stuck  # systemd's watchdog would fire now
+        assert peer.proc is not None and peer.proc.poll() is None  # yet the process lives
+        assert any(
+            d.startswith(b"STATUS=driving; ") and b"cycle not progressing for " in d for d in stuck
+        ), stuck
+    finally:
+        peer.close()  # SIGKILL by PID: the stuck cycle would not stop by itself in time
+
+
+def test_systemd_hears_ready_pings_and_stopping(nonrt: Nonrt) -> None:
+    abstract = f"mxrc-test-{secrets.token_hex(6)}"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        listener.bind("\0" + abstract)
+        listener.settimeout(15)
+        nonrt.start({"NOTIFY_SOCKET": "@" + abstract})  # no WATCHDOG_USEC: a ping per 0.5 s
+        ready = listener.recv(4096)
+        assert re.fullmatch(
+            rb"READY=1\nSTATUS=holding outputs; \d+ cycles?, \d+ deadline miss(es)?", ready
+        )
+        listener.settimeout(5)
+        assert listener.recv(4096) == b"WATCHDOG=1"
+        code, _out, err = nonrt.stop()
+        assert code == 0, err
+        listener.setblocking(False)
+        last = b""
+        with suppress(BlockingIOError):
+            while True:
+                last = listener.recv(4096)
+        assert last.startswith(b"STOPPING=1\nSTATUS=stopping (SIGTERM): holding outputs; "), last
+        assert b"deadline miss" in last
+    finally:
+        listener.close()
+
+
+def test_a_bad_watchdog_usec_is_refused_with_one_line_naming_it(nonrt: Nonrt) -> None:
+    proc = nonrt.start({"NOTIFY_SOCKET": "/run/nothing-here", "WATCHDOG_USEC": "soon"})
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 8, err
+    assert err.strip().splitlines() == [
+        "mxrc: WATCHDOG_USEC='soon' is not a positive whole number of microseconds "
+        "(systemd sets it from WatchdogSec=)"
+    ]
+    assert out == ""
