@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from mxrc import __version__, chart_cli, log_cli, replay_cli, rt_cli, runner
 from mxrc.errors import MxrcError
+from mxrc.service import nonrt_cli
 
 DESCRIPTION = """\
 mxrc: a runtime for robot controllers. The controller's safety state (INIT, READY,
@@ -20,7 +21,8 @@ RUNNING, SAFE_MODE) is a statechart whose every transition is fsynced to an even
 before it takes effect; the log can be replayed after an incident.
 
 common jobs:
-  mxrc run                      run a single node with data under ./var (Ctrl-C stops it)
+  mxrc run                      run a single node with data under ./var (Ctrl-C stops it);
+                                admin API and page on http://127.0.0.1:8780
   mxrc replay var               what happened, as a table of events
   mxrc replay var --at 10:42    each node's state at that time, and why
   mxrc replay var --verify      check checksums, sequence and transition legality
@@ -44,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"mxrc {__version__}")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
-    for module in (runner, replay_cli, chart_cli, log_cli, rt_cli):
+    for module in (runner, nonrt_cli, replay_cli, chart_cli, log_cli, rt_cli):
         module.add_parser(sub)
     return parser
 

@@ -305,7 +305,23 @@ def build_config(doc: Mapping[str, Any], source: str = "defaults") -> Config:
             for name, spec in keys.items()
         }
     values["datastore"] = _datastore(source, doc.get("datastore", {}))
+    _check_lease(source, values["ha"])
     return Config(values, source)
+
+
+def _check_lease(source: str, ha: Mapping[str, Any]) -> None:
+    """The three lease keys constrain each other; say which one to change."""
+    ttl, renew, margin = ha["lease_ttl_s"], ha["renew_interval_s"], ha["safety_margin_s"]
+    if margin >= ttl:
+        raise ConfigError(
+            f"{source}: ha.safety_margin_s: {margin} must be smaller than ha.lease_ttl_s "
+            f"({ttl}), or no lease would ever permit motion"
+        )
+    if renew >= ttl - margin:
+        raise ConfigError(
+            f"{source}: ha.renew_interval_s: {renew} must be shorter than ha.lease_ttl_s - "
+            f"ha.safety_margin_s ({ttl - margin:g}), or the deadline passes between renewals"
+        )
 
 
 def load_config(path: Path | None, overrides: Mapping[str, Any] | None = None) -> Config:

@@ -357,6 +357,15 @@ class EventLog:
             with contextlib.suppress(RuntimeError):  # that loop is already closed
                 loop.call_soon_threadsafe(_settle, batch, error)
 
+    @property
+    def problem(self) -> str | None:
+        """Why appends are refused (for health checks), or None while the log is usable."""
+        if self._failed is not None:
+            return f"an append failed ({self._failed}); no appends until restart"
+        if self._closed:
+            return "closed"
+        return None
+
     def _check_usable(self) -> None:
         if self._failed is not None:
             raise LogFailedError(

@@ -112,6 +112,8 @@ class Node:
         self._last_checkpoint = time.monotonic()
         self.token = 0
         self._listeners: list[Callable[[Record], None]] = []
+        self._record_listeners: list[Callable[[Record], None]] = []
+        self._fsync_observer: Callable[[int, float], None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -129,6 +131,7 @@ class Node:
         self._log = EventLog.open(
             self.layout.eventlog, identity, segment_bytes=self.config["eventlog.segment_bytes"]
         )
+        self._log.fsync_observer = self._fsync_observer
         torn = self._log.repaired_tail
         if torn is not None:
             self._notice(
@@ -189,6 +192,23 @@ class Node:
         """Register before :meth:`start` so the boot transitions are seen too."""
         self._listeners.append(listener)
 
+    def on_record(self, listener: Callable[[Record], None]) -> None:
+        """Called with every record once it is durable (in the appending thread).
+        Register before :meth:`start` so ``node_started`` is seen too."""
+        self._record_listeners.append(listener)
+
+    def on_fsync(self, observer: Callable[[int, float], None]) -> None:
+        """``observer(records, seconds)`` after every fsync of the log (register before
+        :meth:`start`)."""
+        self._fsync_observer = observer
+
+    @property
+    def log_problem(self) -> str | None:
+        """Why the log refuses appends (an fsync failed, it is closed), or None."""
+        if self._log is None:
+            return "event log not open"
+        return self._log.problem
+
     # ------------------------------------------------------------------ journal & state
 
     def journal(
@@ -202,6 +222,8 @@ class Node:
             self._early[record["seq"]] = record
             while (nxt := self._early.pop(self._state.last_seq + 1, None)) is not None:
                 self._state.apply(nxt)
+        for listener in self._record_listeners:
+            listener(record)
         return record
 
     def fire(

@@ -65,7 +65,7 @@ class NodeState:
             self.cycle = payload["cycle"]
             self.slot = payload["slot"]
             self.deadline_misses = payload["deadline_misses"]
-        elif kind == "datastore_write":
+        elif kind == "datastore_write" and payload.get("critical", True):
             self.critical[payload["key"]] = payload["value"]
         elif kind == "node_started":
             self.boots += 1

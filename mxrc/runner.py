@@ -1,71 +1,79 @@
-"""``mxrc run``: one node with its durable core and the stand-in cycle.
+"""``mxrc run``: one node on this machine, as mxrc nonrt and mxrc rt child processes.
 
-Until the RT process and the admin API exist, commands come from a console on standard
-input (``start``, ``stop``, ``reset``, ``fault CAUSE`` …), so that a person or a script
-can drive the real statechart and produce real event logs to replay.
+The same two programs systemd runs in production (``mxrc-nonrt.service``,
+``mxrc-rt.service``), started and stopped in the order the units encode: nonrt first
+(it creates the shared memory and owns the state), rt second; at shutdown nonrt first
+(it withdraws the permission to move and journals the stop while the cycle is still
+there to obey), rt last. Children run in their own process groups so that a Ctrl-C in
+the terminal reaches only this supervisor, which then stops them in that order.
+
+A child that dies is reported, not restarted (restarts are systemd's job): if rt dies,
+nonrt sees the ring fall silent and faults to SAFE_MODE, and stays up so the API can
+show why; if nonrt dies, the cycle stops driving at the lease deadline on its own, and
+this supervisor stops rt and exits with an error.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
+import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any, TextIO
+from typing import Any, Final
+
+import orjson
 
 from mxrc import __version__
-from mxrc.config import Config, describe_defaults, load_config
-from mxrc.errors import CorruptLogError, MxrcError, UsageError
-from mxrc.node import BootReport, Node
-from mxrc.segments import Record
-from mxrc.standin import StandInCycle
-from mxrc.statechart import default_registry
-from mxrc.statemachine import TriggerRejected
+from mxrc.config import Config, describe_defaults
+from mxrc.errors import MxrcError, UsageError
+from mxrc.node import DataDirLock
+from mxrc.service.controller import ANNOUNCE_FILE
+from mxrc.service.options import add_node_options, config_from_args, forwarded_flags
 
-CONSOLE_HELP = """\
-console commands (one per line on standard input):
-  start | stop | reset        fire that trigger (start needs the guards, reset needs the
-                              fault's condition cleared)
-  fault CAUSE                 go to SAFE_MODE with this cause (an operator stop)
-  inject CAUSE / clear CAUSE  raise / clear a simulated fault condition: inject faults the
-                              node and keeps `reset` refused until the condition is cleared
-  state                       print the current state
-  help                        this text
-  quit                        clean shutdown (same as Ctrl-C)"""
+NONRT_START_TIMEOUT_S: Final = 60.0
+NONRT_STOP_TIMEOUT_S: Final = 15.0
+RT_STOP_TIMEOUT_S: Final = 5.0
+POLL_S: Final = 0.1
+RUN_LOCK: Final = "run.lock"
+
+
+class ChildFailedError(MxrcError):
+    """A child process ended on its own. ``mxrc run`` exits with the child's own code
+    when it has one (4 corrupt log, 8 bad configuration, …), so scripts can tell why."""
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.exit_code = code if code is not None and 0 < code < 128 else 1
 
 
 def add_parser(sub: Any) -> None:
     parser = sub.add_parser(
         "run",
-        help="run one node (embedded single-node default)",
+        help="run one node here: mxrc nonrt + mxrc rt, admin API on 127.0.0.1",
         description=(
-            "Run one controller node: recover its state from the data directory, journal "
-            "every transition to the event log, checkpoint, and shut down cleanly on "
-            "Ctrl-C / SIGTERM. The RT cycle is a stand-in thread until mxrc-rt exists; "
-            "commands are read from standard input."
+            "Run one controller node on this machine (the embedded single-node default): "
+            "mxrc nonrt (statechart, event log, shared memory, admin API; local HA backend, "
+            "a quorum of one) and mxrc rt (the control cycle) as child processes. Data "
+            "under ./var unless --data-dir. Ctrl-C / SIGTERM stops both cleanly."
         ),
-        epilog=f"{CONSOLE_HELP}\n\nconfiguration keys (TOML) and defaults:\n"
-        f"{describe_defaults()}\n\nexamples:\n"
-        "  mxrc run                                   # data in ./var, until Ctrl-C\n"
-        "  printf 'start\\nstop\\n' | mxrc run --duration 5\n"
-        "  mxrc run --config /etc/mxrc/mxrc.toml --data-dir /var/lib/mxrc",
+        epilog="examples:\n"
+        "  mxrc run                                   # data in ./var, API on 127.0.0.1:8780\n"
+        "  mxrc run --data-dir /tmp/cell --api-port 0 # any free port (printed)\n"
+        "  mxrc run --config /etc/mxrc/mxrc.toml --duration 60\n\n"
+        "then, in another terminal:\n"
+        "  curl -s localhost:8780/v1/state | jq .\n"
+        '  curl -s -XPOST -H "Authorization: Bearer $(cat var/api-token)" '
+        "localhost:8780/v1/commands/start\n"
+        "  mxrc replay var --verify\n\n"
+        f"configuration keys (TOML) and defaults:\n{describe_defaults()}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--config",
-        type=Path,
-        metavar="FILE",
-        help="TOML configuration (default: built-in defaults)",
-    )
-    parser.add_argument(
-        "--data-dir", type=Path, metavar="DIR", help="overrides node.data_dir (default ./var)"
-    )
-    parser.add_argument("--node-id", metavar="ID", help="overrides node.id (default node-1)")
+    add_node_options(parser)
     parser.add_argument(
         "--duration",
         type=float,
@@ -75,195 +83,150 @@ def add_parser(sub: Any) -> None:
     parser.set_defaults(func=run)
 
 
-def _stamp() -> str:
-    return datetime.now(UTC).strftime("%H:%M:%S.%f")[:-3]
+def say(line: str) -> None:
+    print(f"mxrc run: {line}", flush=True)
 
 
-class Runner:
-    def __init__(self, config: Config, out: TextIO) -> None:
+class Supervisor:
+    def __init__(self, config: Config, child_flags: list[str], config_file: Path | None) -> None:
         self.config = config
-        self.out = out
-        self.conditions: set[str] = set()
+        self.child_flags = child_flags
+        self.config_file = config_file
         self.stop_reason: str | None = None
-        self._stopped = threading.Event()
-        self._print_lock = threading.Lock()
-        self.cycle = StandInCycle(int(config["cycle.period_ms"] * 1e6), config["cycle.frame_slots"])
-        chart = default_registry().get("rt")
-        guards: dict[str, Callable[[], bool]] = {
-            "is_leader": lambda: True,  # local backend: a quorum of one, always leader
-            "has_quorum": lambda: True,
-            "is_healthy": self.cycle.progressing,
-            "cause_cleared": lambda: not self.conditions,
-        }
-        self.node = Node(config, chart, guards, notice=self.say)
-        self.node.on_transition(self._print_transition)
-
-    def say(self, line: str) -> None:
-        with self._print_lock:
-            print(line, file=self.out, flush=True)
-
-    def _print_transition(self, record: Record) -> None:
-        p = record["payload"]
-        cause = f", cause: {p['cause']}" if p["cause"] else ""
-        self.say(
-            f"{_stamp()} {record['node']} {p['source']} → {p['dest']} "
-            f"({p['trigger']} by {p['actor']}{cause}) [seq {record['seq']}]"
-        )
+        self.stop_event = threading.Event()
+        self.nonrt: subprocess.Popen[bytes] | None = None
+        self.rt: subprocess.Popen[bytes] | None = None
+        self.rt_reported = False
 
     def request_stop(self, reason: str) -> None:
         if self.stop_reason is None:
             self.stop_reason = reason
-        self._stopped.set()
+        self.stop_event.set()
 
-    # ------------------------------------------------------------------ main loop
+    def _spawn(self, *args: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-m", "mxrc", *args], start_new_session=True)
 
-    def run(self, duration: float | None, console: TextIO | None) -> int:
-        self._print_banner()
+    def run(self, duration: float | None) -> int:
+        data = self.config.data_dir
+        data.mkdir(parents=True, exist_ok=True)
+        lock = DataDirLock(data / RUN_LOCK)
+        lock.acquire()  # a second `mxrc run` on this directory stops here, naming the pid
         try:
-            boot = self.node.start()
-        except CorruptLogError as exc:
-            raise CorruptLogError(
-                exc.path,
-                exc.offset,
-                f"{exc.reason}; the node cannot start on it: see `mxrc log repair "
-                f"{self.config.data_dir} --truncate-corrupt`",
-            ) from None
-        self._print_recovery(boot)
-        self.cycle.start()
-        try:
-            if self.node.state == "INIT":
-                self._wait_for_cycle()
-                self.node.fire("initialized", actor="system")
-            if console is not None:
-                threading.Thread(
-                    target=self.console, args=(console,), name="mxrc-console", daemon=True
-                ).start()
-            self._loop(duration)
+            return self._run(duration)
         finally:
-            self.cycle.stop()
-            self.node.stop(self.stop_reason or "exception")
-        self.say(f"{_stamp()} stopped cleanly ({self.stop_reason}); state {self.node.state}")
-        return 0
+            self._stop_children()
+            lock.release()
 
-    def _wait_for_cycle(self) -> None:
-        deadline = time.monotonic() + 5.0
-        while not self.cycle.progressing():
-            if time.monotonic() > deadline:
-                raise MxrcError("the stand-in cycle did not start within 5 s")
-            time.sleep(0.005)
-
-    def _loop(self, duration: float | None) -> None:
-        status_every = self.config["cycle.status_interval_s"]
+    def _run(self, duration: float | None) -> int:
+        announce = self.config.data_dir / ANNOUNCE_FILE
+        announce.unlink(missing_ok=True)
+        self.nonrt = self._spawn("nonrt", *self.child_flags)
+        info = self._wait_for_announcement(announce, self.nonrt)
+        if info is None:
+            return self._nonrt_failed_at_start()
+        rt_flags = ["--node-id", self.config.node_id]
+        if self.config_file is not None:
+            rt_flags += ["--config", str(self.config_file.resolve())]
+        self.rt = self._spawn("rt", *rt_flags)
+        self._banner(info)
         end = None if duration is None else time.monotonic() + duration
-        next_status = time.monotonic()
-        while not self._stopped.is_set():
-            now = time.monotonic()
-            if end is not None and now >= end:
+        while not self.stop_event.wait(POLL_S):
+            if end is not None and time.monotonic() >= end:
                 self.request_stop("duration elapsed")
                 break
-            if now >= next_status:
-                self.node.journal(
-                    "cycle_status",
-                    {
-                        "cycle": self.cycle.cycle,
-                        "slot": self.cycle.slot,
-                        "period_ns": self.cycle.period_ns,
-                        "deadline_misses": self.cycle.deadline_misses,
-                    },
+            if self.nonrt.poll() is not None:
+                code = self.nonrt.returncode
+                say(
+                    f"mxrc nonrt (pid {self.nonrt.pid}) exited with code {code}; stopping "
+                    "mxrc rt (the cycle stopped driving at the lease deadline already). "
+                    "The next start recovers in SAFE_MODE if the node was RUNNING."
                 )
-                next_status = now + status_every
-            self.node.checkpoint_if_due()
-            self._stopped.wait(min(0.1, max(0.0, next_status - time.monotonic())))
+                self.request_stop("nonrt exited")
+                raise ChildFailedError(f"mxrc nonrt exited with code {code}", code)
+            if self.rt.poll() is not None and not self.rt_reported:
+                self.rt_reported = True
+                say(
+                    f"mxrc rt (pid {self.rt.pid}) exited with code {self.rt.returncode}; "
+                    "outputs are held and the node goes to SAFE_MODE. It is not restarted "
+                    "here (under systemd, Restart= does that); the API stays up: Ctrl-C to "
+                    "stop."
+                )
+        say(f"stopping ({self.stop_reason})")
+        return 0
 
-    def _print_recovery(self, boot: BootReport) -> None:
-        rec = boot.recovery
-        how = (
-            f"checkpoint {rec.checkpoint.name} + {rec.replayed} records"
-            if rec.checkpoint
-            else f"full replay of {rec.replayed} records"
-        )
-        self.say(
-            f"  recovered:    {boot.recovered_state} ({boot.previous_shutdown}; {how}); "
-            f"now {self.node.state}"
-        )
-
-    def _print_banner(self) -> None:
-        layout = self.node.layout
-        self.say(
-            f"mxrc {__version__} · node {self.config.node_id} · chart {self.node.chart.ref}\n"
-            f"  data:         {layout.root.resolve()}\n"
-            f"  event log:    {layout.eventlog.resolve()}   (replay: mxrc replay "
-            f"{layout.root})\n"
-            f"  checkpoints:  {layout.checkpoints.resolve()}\n"
-            f"  cycle:        stand-in thread at {self.config['cycle.period_ms']} ms "
-            "(mxrc rt is not wired into mxrc run yet)\n"
-            "  admin API:    not built yet; type commands on standard input ('help')"
-        )
-
-    # ------------------------------------------------------------------ console
-
-    def console(self, stream: TextIO) -> None:
-        for raw in stream:
-            words = raw.split()
-            if self._stopped.is_set():  # shutting down: the log may already be closed
-                return
-            if not words:
-                continue
+    def _wait_for_announcement(
+        self, path: Path, child: subprocess.Popen[bytes]
+    ) -> dict[str, Any] | None:
+        deadline = time.monotonic() + NONRT_START_TIMEOUT_S
+        while time.monotonic() < deadline and not self.stop_event.is_set():
+            if child.poll() is not None:
+                return None
             try:
-                self.command(words[0], " ".join(words[1:]) or None)
-            except TriggerRejected as exc:
-                self.say(f"{_stamp()} rejected: {exc}")
-            except MxrcError as exc:
-                self.say(f"{_stamp()} error: {exc}")
-                self.request_stop(f"error: {exc}")
+                info: dict[str, Any] = orjson.loads(path.read_bytes())
+                if info.get("pid") == child.pid:
+                    return info
+            except (FileNotFoundError, orjson.JSONDecodeError):
+                pass
+            time.sleep(0.05)
+        return None
 
-    def command(self, verb: str, arg: str | None) -> None:
-        if verb in ("start", "stop", "reset"):
-            self.node.fire(verb, actor="console")
-        elif verb == "fault":
-            self.node.fire("fault", cause=arg, actor="console")
-        elif verb == "inject" and arg:
-            self.conditions.add(arg)
-            if self.node.state != "SAFE_MODE":
-                self.node.fire("fault", cause=arg, actor="console")
-        elif verb == "clear" and arg:
-            self.conditions.discard(arg)
-            self.say(f"{_stamp()} condition {arg!r} cleared; active: {sorted(self.conditions)}")
-        elif verb == "state":
-            self.say(
-                f"{_stamp()} {self.node.state}; legal: {', '.join(self.node.legal_triggers())}"
-                f"; cycle {self.cycle.cycle}; active conditions: {sorted(self.conditions)}"
+    def _nonrt_failed_at_start(self) -> int:
+        assert self.nonrt is not None
+        if self.stop_event.is_set():
+            return 0
+        if self.nonrt.poll() is None:
+            raise ChildFailedError(
+                f"mxrc nonrt (pid {self.nonrt.pid}) did not open its admin API within "
+                f"{NONRT_START_TIMEOUT_S:g} s"
             )
-        elif verb == "quit":
-            self.request_stop("console quit")
-        elif verb == "help":
-            self.say(CONSOLE_HELP)
-        else:
-            self.say(
-                f"{_stamp()} unknown command {raw_verb(verb, arg)!r} (try 'help'); "
-                f"legal triggers now: {', '.join(self.node.legal_triggers())}"
-            )
+        code = self.nonrt.returncode
+        raise ChildFailedError(
+            f"mxrc nonrt exited with code {code} before it was ready (its message is above)",
+            code,
+        )
 
+    def _banner(self, info: dict[str, Any]) -> None:
+        data = self.config.data_dir.resolve()
+        api = info["api"]
+        say(
+            f"mxrc {__version__} · node {self.config.node_id} · nonrt pid {info['pid']}, "
+            f"rt pid {self.rt.pid if self.rt else '-'}\n"
+            f"  admin API:    {api}   (page: {api}/ ; health: {api}/health)\n"
+            f"  API token:    {info['token_file']}   (for POST/PUT: Authorization: Bearer …)\n"
+            f"  data:         {data}\n"
+            f"  event log:    {data / 'eventlog'}   (mxrc replay {self.config.data_dir})\n"
+            f"  logs:         this terminal (both processes write to it)\n"
+            f"  stop:         Ctrl-C"
+        )
 
-def raw_verb(verb: str, arg: str | None) -> str:
-    return f"{verb} {arg}" if arg else verb
+    def _stop_children(self) -> None:
+        """nonrt first (it holds outputs and journals the stop), then rt; SIGKILL only
+        after a bounded wait, and every child reaped."""
+        for child, timeout in ((self.nonrt, NONRT_STOP_TIMEOUT_S), (self.rt, RT_STOP_TIMEOUT_S)):
+            if child is None:
+                continue
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+                try:
+                    child.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    say(f"pid {child.pid} did not stop within {timeout:g} s; killing it")
+                    child.kill()
+                    child.wait()
+            elif child.returncode != 0 and child is self.rt and not self.rt_reported:
+                say(f"mxrc rt exited with code {child.returncode}")
 
 
 def run(args: argparse.Namespace) -> int:
-    overrides: dict[str, Any] = {}
-    if args.data_dir is not None:
-        overrides["node.data_dir"] = str(args.data_dir)
-    if args.node_id is not None:
-        overrides["node.id"] = args.node_id
     if args.duration is not None and args.duration <= 0:
         raise UsageError(f"--duration must be a positive number of seconds, got {args.duration}")
-    config = load_config(args.config, overrides)
-    runner = Runner(config, sys.stdout)
+    config = config_from_args(args)
+    supervisor = Supervisor(config, forwarded_flags(args), args.config)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
-        runner.request_stop(signal.Signals(signum).name)
+        supervisor.request_stop(signal.Signals(signum).name)
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    console = sys.stdin if sys.stdin is not None and not sys.stdin.closed else None
-    return runner.run(args.duration, console)
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    return supervisor.run(args.duration)

@@ -34,7 +34,7 @@ def test_file_and_overrides_merge(tmp_path: Path) -> None:
         ({"cycle": {"period_ms": "fast"}}, "cycle.period_ms: expected float, got str"),
         ({"checkpoint": {"keep": True}}, "checkpoint.keep: expected int, got bool"),
         ({"cycle": {"frame": 3}}, "unknown key cycle.frame; keys of"),
-        ({"ha": {}}, r"unknown section \[ha\]"),
+        ({"hq": {}}, r"unknown section \[hq\]; sections: node, .*ha, api"),
         ({"node": 3}, "node must be a table"),
     ],
 )
@@ -148,3 +148,20 @@ def test_datastore_keys_are_read_from_an_array_of_tables(tmp_path: Path) -> None
 def test_bad_datastore_keys_are_named(doc: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         build_config(doc, "mxrc.toml")
+
+
+@pytest.mark.parametrize(
+    ("ha", "key"),
+    [
+        ({"lease_ttl_s": 1.0, "safety_margin_s": 1.0}, "ha.safety_margin_s"),
+        ({"lease_ttl_s": 1.0, "renew_interval_s": 0.9}, "ha.renew_interval_s"),
+    ],
+)
+def test_lease_keys_are_checked_together(ha: dict[str, float], key: str) -> None:
+    with pytest.raises(ConfigError, match=key):
+        build_config({"ha": ha})
+
+
+def test_unknown_ha_backend_lists_the_allowed_ones() -> None:
+    with pytest.raises(ConfigError, match=r"ha\.backend: 'zookeeper' must be one of local"):
+        build_config({"ha": {"backend": "zookeeper"}})

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,12 +30,37 @@ def procs() -> Iterator[list[subprocess.Popen[str]]]:
         if p.poll() is None:
             p.kill()
             p.wait(timeout=10)
+    for pid in CHILDREN:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    CHILDREN.clear()
 
 
-def spawn(procs: list[subprocess.Popen[str]], *args: str) -> subprocess.Popen[str]:
+CHILDREN: list[int] = []
+
+
+def node_config(tmp: Path) -> Path:
+    """Loopback API on any free port, segments in the test's own directory."""
+    (tmp / "shm").mkdir(exist_ok=True)
+    path = tmp / "mxrc.toml"
+    path.write_text(
+        f"""[rt]
+shm_dir = "{tmp / "shm"}"
+shm_prefix = "mxrc-run{os.getpid()}"
+hold_dma_latency = false
+[api]
+port = 0
+[nonrt]
+rt_silence_s = 0.5
+"""
+    )
+    return path
+
+
+def spawn(procs: list[subprocess.Popen[str]], tmp: Path, *args: str) -> subprocess.Popen[str]:
     p = subprocess.Popen(
-        [*MXRC, "run", *args],
-        stdin=subprocess.PIPE,
+        [*MXRC, "run", "--config", str(node_config(tmp)), "--data-dir", str(tmp / "var"), *args],
+        stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -39,101 +69,154 @@ def spawn(procs: list[subprocess.Popen[str]], *args: str) -> subprocess.Popen[st
     return p
 
 
-def wait_for_state(data: Path, state: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        log = data / "eventlog"
-        if log.is_dir():
+class Api:
+    """The admin API of a running node, found through ``<data>/nonrt.json``."""
+
+    def __init__(self, data: Path, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
             try:
-                if any(
-                    r["type"] == "transition" and r["payload"]["dest"] == state
-                    for r in read_records(log)
-                ):
-                    return
-            except Exception:  # the writer may be mid-append; retry
-                pass
-        time.sleep(0.05)
-    raise AssertionError(f"{data} never reached {state}")
+                info = json.loads((data / "nonrt.json").read_text())
+                break
+            except (FileNotFoundError, json.JSONDecodeError):
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"no {data / 'nonrt.json'} after {timeout} s") from None
+                time.sleep(0.05)
+        self.url = info["api"]
+        self.nonrt_pid = info["pid"]
+        CHILDREN.append(self.nonrt_pid)
+        self.token = Path(info["token_file"]).read_text().strip()
+
+    def get(self, path: str) -> dict[str, Any]:
+        with urllib.request.urlopen(self.url + path, timeout=10) as r:
+            result: dict[str, Any] = json.loads(r.read())
+            return result
+
+    def post(self, path: str) -> tuple[int, dict[str, Any]]:
+        request = urllib.request.Request(
+            self.url + path,
+            method="POST",
+            headers={"Authorization": f"Bearer {self.token}"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    def wait_state(self, state: str, timeout: float = 30.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            view = self.get("/v1/state")
+            if view["state"] == state:
+                return view
+            if time.monotonic() > deadline:
+                raise AssertionError(f"state {view['state']}, never {state}: {view}")
+            time.sleep(0.05)
 
 
-def test_scripted_session_logs_every_step(tmp_path: Path) -> None:
-    data = tmp_path / "var"
-    script = "start\ninject overtemp\nreset\nclear overtemp\nreset\nstart\nstop\nfly\n"
-    out = subprocess.run(
-        [*MXRC, "run", "--data-dir", str(data), "--duration", "1.5"],
-        input=script,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert out.returncode == 0, out.stderr
-    assert "stand-in" in out.stdout and str(data.resolve()) in out.stdout
-    assert "guard(s) cause_cleared false" in out.stdout
-    assert "unknown command 'fly'" in out.stdout
-    records = list(read_records(data / "eventlog"))
-    moves = [
-        (r["payload"]["source"], r["payload"]["dest"]) for r in records if r["type"] == "transition"
-    ]
-    assert moves == [
-        ("INIT", "READY"),
-        ("READY", "RUNNING"),
-        ("RUNNING", "SAFE_MODE"),
-        ("SAFE_MODE", "READY"),
-        ("READY", "RUNNING"),
-        ("RUNNING", "READY"),
-    ]
-    types = [r["type"] for r in records]
-    assert types[0] == "node_started" and types[-1] == "node_stopped"
-    assert "command_rejected" in types and "cycle_status" in types
-    assert records[-1]["payload"]["reason"] == "duration elapsed"
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
-def test_sigkill_while_running_comes_back_in_safe_mode(
+def test_run_starts_both_processes_and_stops_them_cleanly(
     tmp_path: Path, procs: list[subprocess.Popen[str]]
 ) -> None:
-    data = tmp_path / "var"
-    p = spawn(procs, "--data-dir", str(data))
-    assert p.stdin is not None
-    p.stdin.write("start\n")
-    p.stdin.flush()
-    wait_for_state(data, "RUNNING")
-    os.kill(p.pid, signal.SIGKILL)
-    p.wait(timeout=10)
-    out = subprocess.run(
-        [*MXRC, "run", "--data-dir", str(data), "--duration", "0.3"],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert out.returncode == 0, out.stderr
-    assert "RUNNING → SAFE_MODE (fault by system, cause: restart)" in out.stdout
-    records = list(read_records(data / "eventlog"))
-    boots = [r for r in records if r["type"] == "node_started"]
-    assert [b["payload"]["previous_shutdown"] for b in boots] == ["first_boot", "crash"]
-    after_crash = records[records.index(boots[1]) + 1]
-    assert after_crash["payload"]["cause"] == "restart"
-
-
-def test_sigterm_shuts_down_cleanly(tmp_path: Path, procs: list[subprocess.Popen[str]]) -> None:
-    data = tmp_path / "var"
-    p = spawn(procs, "--data-dir", str(data))
-    wait_for_state(data, "READY")
+    p = spawn(procs, tmp_path)
+    api = Api(tmp_path / "var")
+    api.wait_state("READY")
+    status, body = api.post("/v1/commands/start")
+    assert status in (200, 202), body
+    view = api.wait_state("RUNNING")
+    assert view["leader"] and view["token"] >= 1
+    deadline = time.monotonic() + 10
+    while not api.get("/v1/telemetry").get("driving"):
+        assert time.monotonic() < deadline, "the cycle never drove outputs"
+        time.sleep(0.05)
     p.send_signal(signal.SIGTERM)
-    assert p.wait(timeout=10) == 0
-    records = list(read_records(data / "eventlog"))
+    out, err = p.communicate(timeout=40)
+    assert p.returncode == 0, err
+    assert api.url in out and str((tmp_path / "var").resolve()) in out
+    assert "api-token" in out
+    assert not alive(api.nonrt_pid), "nonrt was not reaped"
+    records = list(read_records(tmp_path / "var" / "eventlog"))
+    moves = [
+        (r["payload"]["source"], r["payload"]["dest"], r["payload"]["trigger"])
+        for r in records
+        if r["type"] == "transition"
+    ]
+    assert moves == [
+        ("INIT", "READY", "initialized"),
+        ("READY", "RUNNING", "start"),
+        ("RUNNING", "READY", "stop"),
+    ]
     assert records[-1]["type"] == "node_stopped"
-    assert records[-1]["payload"]["reason"] == "SIGTERM"
+    started = next(r for r in records if r["type"] == "node_started")
+    assert started["payload"]["previous_shutdown"] == "first_boot"
+
+
+def test_dead_rt_child_is_reported_and_the_node_goes_to_safe_mode(
+    tmp_path: Path, procs: list[subprocess.Popen[str]]
+) -> None:
+    p = spawn(procs, tmp_path)
+    api = Api(tmp_path / "var")
+    api.wait_state("READY")
+    api.post("/v1/commands/start")
+    api.wait_state("RUNNING")
+    rt_pids = [
+        int(pid)
+        for pid in subprocess.run(
+            ["pgrep", "-f", f"mxrc rt --node-id node-1 --config {tmp_path}"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.split()
+    ]
+    assert len(rt_pids) == 1, rt_pids
+    os.kill(rt_pids[0], signal.SIGKILL)
+    view = api.wait_state("SAFE_MODE", timeout=10)
+    assert view["cause"] in ("rt_lost", "rt_stopped")
+    p.send_signal(signal.SIGTERM)
+    out, _err = p.communicate(timeout=40)
+    assert f"mxrc rt (pid {rt_pids[0]}) exited" in out
+
+
+def test_dead_nonrt_stops_the_run_and_the_restart_comes_back_in_safe_mode(
+    tmp_path: Path, procs: list[subprocess.Popen[str]]
+) -> None:
+    p = spawn(procs, tmp_path)
+    api = Api(tmp_path / "var")
+    api.wait_state("READY")
+    api.post("/v1/commands/start")
+    api.wait_state("RUNNING")
+    os.kill(api.nonrt_pid, signal.SIGKILL)
+    out, _err = p.communicate(timeout=40)
+    assert p.returncode == 1
+    assert f"mxrc nonrt (pid {api.nonrt_pid}) exited with code -9" in out
+    (tmp_path / "var" / "nonrt.json").unlink(missing_ok=True)
+    again = spawn(procs, tmp_path)
+    api = Api(tmp_path / "var")
+    view = api.wait_state("SAFE_MODE")
+    assert view["cause"] == "restart"
+    again.send_signal(signal.SIGTERM)
+    again.communicate(timeout=40)
+    records = list(read_records(tmp_path / "var" / "eventlog"))
+    boots = [r["payload"]["previous_shutdown"] for r in records if r["type"] == "node_started"]
+    assert boots == ["first_boot", "crash"]
 
 
 def test_second_run_on_same_data_dir_is_refused(
     tmp_path: Path, procs: list[subprocess.Popen[str]]
 ) -> None:
-    data = tmp_path / "var"
-    first = spawn(procs, "--data-dir", str(data))
-    wait_for_state(data, "READY")
+    first = spawn(procs, tmp_path)
+    api = Api(tmp_path / "var")
+    api.wait_state("READY")
     second = subprocess.run(
-        [*MXRC, "run", "--data-dir", str(data), "--duration", "1"],
+        [*MXRC, "run", "--data-dir", str(tmp_path / "var"), "--duration", "1"],
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
@@ -142,6 +225,8 @@ def test_second_run_on_same_data_dir_is_refused(
     assert second.returncode == 9
     assert f"in use by another mxrc (pid {first.pid}" in second.stderr
     assert second.stderr.count("\n") == 1
+    first.send_signal(signal.SIGTERM)
+    first.communicate(timeout=40)
 
 
 def test_bad_config_names_the_key(tmp_path: Path) -> None:

@@ -1,0 +1,159 @@
+"""``mxrc nonrt`` (the process ``mxrc-nonrt.service`` runs): the controller, its admin API
+and its systemd notifications on one asyncio loop."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Final
+
+from aiohttp import web
+
+from mxrc import __version__
+from mxrc.config import Config, describe_defaults
+from mxrc.errors import CorruptLogError, MxrcError
+from mxrc.service.api import build_app
+from mxrc.service.auth import load_or_create_token
+from mxrc.service.controller import Controller
+from mxrc.service.health import Status
+from mxrc.service.notify import Notifier, WatchdogGate
+from mxrc.service.options import add_node_options, config_from_args
+
+WATCH_INTERVAL_S: Final = 0.1
+DEFAULT_WATCHDOG_GATE_S: Final = 1.0
+STATUS_EVERY_S: Final = 5.0
+
+EPILOG = f"""\
+It creates the shared memory mxrc rt attaches to, recovers the node's state from its
+data directory, takes the lease (local backend: a quorum of one), and serves the admin
+API (GET /health /ready /metrics, /v1/..., the page at /). Mutating calls need
+'Authorization: Bearer <token>' with the token from api.token_file (default
+<data_dir>/api-token, created with mode 0600 when absent).
+
+Under systemd (Type=notify) it sends READY=1 once the API listens, STATUS= lines, and
+WATCHDOG=1 at half of WatchdogSec only while its loop progresses and no health check is
+unhealthy. SIGTERM / SIGINT: outputs held, final events journalled, checkpoint written.
+
+examples:
+  mxrc nonrt --data-dir /var/lib/mxrc --api-port 8780
+  curl -s localhost:8780/health | jq .
+
+configuration (TOML; every key optional):
+{describe_defaults()}
+"""
+
+
+def add_parser(sub: Any) -> None:
+    parser = sub.add_parser(
+        "nonrt",
+        help="run the non-RT process: statechart, event log, shared memory, admin API",
+        description="Run mxrc-nonrt for one node (mxrc run starts it for you).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_node_options(parser)
+    parser.set_defaults(func=run)
+
+
+def token_path(config: Config) -> Path:
+    configured = str(config["api.token_file"])
+    return Path(configured) if configured else config.data_dir / "api-token"
+
+
+def say(line: str) -> None:
+    print(line, file=sys.stdout, flush=True)
+
+
+async def serve(config: Config, notifier: Notifier) -> int:
+    controller = Controller(config, notice=say)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    token_file = token_path(config)
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    token = load_or_create_token(token_file)
+    try:
+        boot = await controller.start()
+    except CorruptLogError as exc:
+        raise CorruptLogError(
+            exc.path,
+            exc.offset,
+            f"{exc.reason}; the node cannot start on it: see `mxrc log repair "
+            f"{config.data_dir} --truncate-corrupt`",
+        ) from None
+    runner: web.AppRunner | None = None
+    try:
+        app = build_app(
+            controller,
+            token=token,
+            max_body_bytes=int(config["api.max_body_bytes"]),
+            on_request=controller.bus.publish,
+        )
+        runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, str(config["api.host"]), int(config["api.port"]))
+        try:
+            await site.start()
+        except OSError as exc:
+            raise MxrcError(
+                f"admin API cannot listen on {config['api.host']}:{config['api.port']}: "
+                f"{exc.strerror or exc}; choose another --api-port (0: any free port)"
+            ) from None
+        url = api_url(runner, str(config["api.host"]))
+        controller.announce(url, token_file)
+        say(
+            f"mxrc nonrt {__version__}: node {config.node_id}, state {controller.node.state} "
+            f"(recovered {boot.recovered_state}, previous shutdown {boot.previous_shutdown}); "
+            f"admin API {url}; token {token_file}"
+        )
+        notifier.ready(controller.status_line())
+        await watch(controller, notifier, stop)
+        reason = "signal"
+    except BaseException:
+        reason = "error"
+        raise
+    finally:
+        notifier.stopping(f"stopping ({reason})")
+        controller.withdraw_announcement()
+        await controller.stop(reason)
+        if runner is not None:
+            await runner.cleanup()
+        say(f"mxrc nonrt: stopped cleanly; state {controller.node.state}")
+    return 0
+
+
+def api_url(runner: web.AppRunner, host: str) -> str:
+    """The URL actually listened on (the port may have been 0)."""
+    for address in runner.addresses:
+        if isinstance(address, tuple) and len(address) >= 2:
+            shown = f"[{address[0]}]" if ":" in str(address[0]) else address[0]
+            return f"http://{shown}:{address[1]}"
+    return f"http://{host}"
+
+
+async def watch(controller: Controller, notifier: Notifier, stop: asyncio.Event) -> None:
+    """Ping the watchdog while healthy and progressing; STATUS= every few seconds."""
+    gate = WatchdogGate(notifier.watchdog_interval_s or DEFAULT_WATCHDOG_GATE_S)
+    next_status = time.monotonic() + STATUS_EVERY_S
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), WATCH_INTERVAL_S)
+        now = time.monotonic()
+        healthy = controller.health().status != Status.UNHEALTHY
+        if notifier.watchdog_interval_s and gate.should_ping(now, controller.loop_ticks, healthy):
+            notifier.watchdog()
+        if now >= next_status:
+            next_status = now + STATUS_EVERY_S
+            notifier.status(controller.status_line())
+
+
+def run(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    notifier = Notifier.from_environment()
+    return asyncio.run(serve(config, notifier))
