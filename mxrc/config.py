@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mxrc.errors import ConfigError
+from mxrc.rt.cpu import parse_cpulist
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,16 @@ def _one_of(*allowed: str) -> Callable[[Any], str | None]:
 
 def _fraction(value: float) -> str | None:
     return None if 0.0 < value <= 1.0 else "must be in (0, 1]"
+
+
+def _cpulist(value: str) -> str | None:
+    if not value.strip():
+        return None
+    try:
+        cpus = parse_cpulist(value)
+    except ValueError as exc:
+        return f"is not a CPU list ({exc}); write it as the kernel does, e.g. '0-2,4'"
+    return None if cpus else "names no CPU"
 
 
 def _node_id(value: str) -> str | None:
@@ -112,6 +123,10 @@ SCHEMA: Mapping[str, Mapping[str, Key]] = {
         "events_memory": Key(
             int, 10000, "recent records served from memory by /v1/events", _at_least(100)
         ),
+        "cpus": Key(
+            str, "", "CPU list for nonrt, e.g. '0' or '0-2' (empty: every CPU but rt.cpu)",
+            _cpulist,
+        ),
     },
     "ha": {
         "backend": Key(str, "local", "leader election: local (a quorum of one)", _one_of("local")),
@@ -133,6 +148,10 @@ SCHEMA: Mapping[str, Mapping[str, Key]] = {
             str, "", "bearer token for mutating calls (empty: <data_dir>/api-token)"
         ),
         "max_body_bytes": Key(int, 16384, "largest request body accepted", _at_least(64)),
+        "health_cache_ms": Key(
+            float, 100.0, "GET /health re-evaluates at most this often (0: every request)",
+            _at_least(0.0),
+        ),
     },
     "health": {
         "window_s": Key(float, 10.0, "window of the deadline-miss rate", _at_least(0.1)),

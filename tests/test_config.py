@@ -36,6 +36,8 @@ def test_file_and_overrides_merge(tmp_path: Path) -> None:
         ({"cycle": {"frame": 3}}, "unknown key cycle.frame; keys of"),
         ({"hq": {}}, r"unknown section \[hq\]; sections: node, .*ha, api"),
         ({"node": 3}, "node must be a table"),
+        ({"nonrt": {"cpus": "0-x"}}, "nonrt.cpus: '0-x' is not a CPU list"),
+        ({"nonrt": {"cpus": "3-1"}}, "nonrt.cpus: '3-1' is not a CPU list .*bad CPU range"),
     ],
 )
 def test_errors_name_the_key(doc: dict[str, object], message: str) -> None:

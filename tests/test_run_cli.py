@@ -133,6 +133,10 @@ def test_run_starts_both_processes_and_stops_them_cleanly(
     assert status in (200, 202), body
     view = api.wait_state("RUNNING")
     assert view["leader"] and view["token"] >= 1
+    rt_cpu = max(os.sched_getaffinity(0))  # rt.cpu = -1: the last allowed CPU
+    if len(os.sched_getaffinity(0)) > 1:  # nonrt (every thread) keeps off the RT CPU
+        for tid in os.listdir(f"/proc/{api.nonrt_pid}/task"):
+            assert rt_cpu not in os.sched_getaffinity(int(tid)), tid
     deadline = time.monotonic() + 10
     while not api.get("/v1/telemetry").get("driving"):
         assert time.monotonic() < deadline, "the cycle never drove outputs"

@@ -20,6 +20,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from mxrc.rt.cpu import format_cpulist
+
 CLOCK_MONOTONIC = 1
 TIMER_ABSTIME = 1
 MCL_CURRENT = 1
@@ -210,6 +212,28 @@ def allowed_cpus() -> frozenset[int]:
 def default_cpu() -> int:
     """The highest-numbered CPU we may use: CPU 0 takes most housekeeping interrupts."""
     return max(allowed_cpus())
+
+
+def housekeeping_cpus(
+    allowed: frozenset[int], rt_cpu: int, configured: frozenset[int] = frozenset()
+) -> tuple[frozenset[int], str]:
+    """Where the non-RT process runs, and why: the configured list (within what we may
+    use), else every allowed CPU but the RT one, so that its API, fsyncs and garbage
+    collections never queue behind, or wake up beside, the cycle. A one-CPU machine
+    shares and says so."""
+    if configured:
+        usable = configured & allowed
+        if not usable:
+            return allowed, (
+                f"nonrt.cpus names no CPU this process may use (allowed "
+                f"{format_cpulist(allowed)}); running on all of them"
+            )
+        shared = " (shared with the RT CPU)" if rt_cpu in usable else ""
+        return usable, f"CPU(s) {format_cpulist(usable)} from nonrt.cpus{shared}"
+    rest = allowed - {rt_cpu}
+    if not rest:
+        return allowed, f"CPU(s) {format_cpulist(allowed)}, shared with the RT cycle (no other CPU)"
+    return rest, f"CPU(s) {format_cpulist(rest)}, every allowed CPU but the RT CPU {rt_cpu}"
 
 
 def pin_thread(tid: int, cpu: int) -> None:

@@ -101,7 +101,14 @@ def now_iso() -> str:
 class AdminApi:
     """The handlers and the little state they share (SVG cache, open streams)."""
 
-    def __init__(self, backend: AdminBackend, *, token: str, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        backend: AdminBackend,
+        *,
+        token: str,
+        max_body_bytes: int,
+        health_max_age_s: float = 0.0,
+    ) -> None:
         if not token:
             raise ValueError("the admin API needs a non-empty token")
         self.backend = backend
@@ -122,6 +129,8 @@ class AdminApi:
         )
         self.closing = asyncio.Event()
         self._svg: dict[str, asyncio.Future[bytes]] = {}
+        self.health_max_age_s = health_max_age_s
+        self._health: tuple[float, int, bytes] | None = None
 
     # ------------------------------------------------------------------ plumbing
 
@@ -142,9 +151,17 @@ class AdminApi:
     # ------------------------------------------------------------------ probes
 
     async def health(self, request: web.Request) -> web.Response:
-        report = self.backend.health()
-        status = 503 if str(report.status) == "unhealthy" else 200
-        return json_response(report.to_json(now_iso()), status)
+        """Evaluated at most once per ``health_max_age_s``: a load balancer or a scrape
+        storm then costs the node one evaluation, not one per request. The body's
+        ``timestamp`` is when it was evaluated."""
+        now = time.monotonic()
+        cached = self._health
+        if cached is None or now - cached[0] >= self.health_max_age_s:
+            report = self.backend.health()
+            status = 503 if str(report.status) == "unhealthy" else 200
+            cached = (now, status, orjson.dumps(report.to_json(now_iso())))
+            self._health = cached
+        return web.Response(body=cached[2], status=cached[1], content_type="application/json")
 
     async def ready(self, request: web.Request) -> web.Response:
         readiness = self.backend.readiness()
@@ -386,9 +403,11 @@ def _route_of(request: web.Request) -> str:
     return resource.canonical if resource is not None else UNMATCHED_ROUTE
 
 
-def _observe(on_request: Callable[[ApiRequest], None] | None) -> Any:
-    """Outermost: every request, whatever happened inside, is reported once (metrics)
-    and carries its trace context back in the ``traceparent`` header."""
+def _observe(on_request: Callable[[ApiRequest], None] | None, max_body_bytes: int) -> Any:
+    """The one middleware (each aiohttp middleware layer costs every request, and
+    ``/health`` is polled hard): every request, whatever happened inside, is reported
+    once (metrics), carries its trace context back in the ``traceparent`` header, and
+    every failure is answered by :func:`answer` as JSON."""
 
     @web.middleware
     async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -396,7 +415,7 @@ def _observe(on_request: Callable[[ApiRequest], None] | None) -> Any:
         request[_TRACE] = request_trace(request.headers.get("traceparent"))
         status = 500
         try:
-            response = await handler(request)
+            response = await answer(request, handler, max_body_bytes)
             status = response.status
         except asyncio.CancelledError:
             status = request.get(_SENT, CLIENT_CLOSED)
@@ -445,23 +464,20 @@ def error_response(exc: Exception, request: web.Request, max_body_bytes: int) ->
     return ApiError(500, f"internal error: {type(exc).__name__}: {exc}")
 
 
-def _errors(max_body_bytes: int) -> Any:
+async def answer(
+    request: web.Request, handler: Handler, max_body_bytes: int
+) -> web.StreamResponse:
     """Every failure becomes a JSON body with ``error``; nothing reaches the client as
     an HTML page or a stack trace."""
-
-    @web.middleware
-    async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except web.HTTPException as exc:
-            if exc.status < 400:
-                raise
-            error = error_response(exc, request, max_body_bytes)
-        except Exception as exc:
-            error = error_response(exc, request, max_body_bytes)
-        return json_response(error.body, error.status, error.headers)
-
-    return errors
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        error = error_response(exc, request, max_body_bytes)
+    except Exception as exc:
+        error = error_response(exc, request, max_body_bytes)
+    return json_response(error.body, error.status, error.headers)
 
 
 # ---------------------------------------------------------------------- the application
@@ -473,12 +489,15 @@ def build_app(
     token: str,
     max_body_bytes: int,
     on_request: Callable[[ApiRequest], None] | None = None,
+    health_max_age_s: float = 0.0,
 ) -> web.Application:
     """The admin API and the operator's page for one node, ready for an AppRunner."""
-    api = AdminApi(backend, token=token, max_body_bytes=max_body_bytes)
+    api = AdminApi(
+        backend, token=token, max_body_bytes=max_body_bytes, health_max_age_s=health_max_age_s
+    )
     app = web.Application(
         client_max_size=max_body_bytes,
-        middlewares=[_observe(on_request), _errors(max_body_bytes)],
+        middlewares=[_observe(on_request, max_body_bytes)],
     )
 
     async def on_shutdown(_app: web.Application) -> None:

@@ -191,7 +191,9 @@ class EventBus:
             for name, observer in tuple(self._observers):
                 try:
                     result = observer(event)
-                    if inspect.isawaitable(result):
+                    # Plain observers return None: no awaitable probe for them (every
+                    # API request is an event, and /health is polled hard).
+                    if result is not None and inspect.isawaitable(result):
                         await result
                 except Exception as exc:
                     self._observer_failed(name, event, exc)

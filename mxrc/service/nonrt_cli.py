@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 import time
@@ -17,6 +18,8 @@ from aiohttp import web
 from mxrc import __version__
 from mxrc.config import Config, describe_defaults
 from mxrc.errors import CorruptLogError, MxrcError
+from mxrc.rt.cpu import parse_cpulist
+from mxrc.rt.sched import allowed_cpus, default_cpu, housekeeping_cpus
 from mxrc.service.api import build_app
 from mxrc.service.auth import load_or_create_token
 from mxrc.service.controller import Controller
@@ -94,6 +97,7 @@ async def serve(config: Config, notifier: Notifier) -> int:
             token=token,
             max_body_bytes=int(config["api.max_body_bytes"]),
             on_request=controller.bus.publish,
+            health_max_age_s=float(config["api.health_cache_ms"]) / 1000,
         )
         runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await runner.setup()
@@ -153,7 +157,23 @@ async def watch(controller: Controller, notifier: Notifier, stop: asyncio.Event)
             notifier.status(controller.status_line())
 
 
+def place_process(config: Config) -> str:
+    """Move this process off the RT CPU before any thread exists (threads inherit the
+    affinity of the thread that creates them)."""
+    rt_cpu = int(config["rt.cpu"])
+    if rt_cpu < 0:
+        rt_cpu = default_cpu()
+    configured = str(config["nonrt.cpus"])
+    cpus, why = housekeeping_cpus(
+        allowed_cpus(), rt_cpu, parse_cpulist(configured) if configured else frozenset()
+    )
+    os.sched_setaffinity(0, cpus)
+    return why
+
+
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
+    placement = place_process(config)
+    say(f"mxrc nonrt: running on {placement}")
     notifier = Notifier.from_environment()
     return asyncio.run(serve(config, notifier))

@@ -183,3 +183,16 @@ def test_thread_faults_count_this_threads_faults() -> None:
     t.join()
     after, before = got
     assert after[0] - before[0] >= 4  # 2048 small pages, or 4 transparent huge pages
+
+
+def test_nonrt_leaves_the_rt_cpu_alone_unless_there_is_no_other() -> None:
+    cpus, why = sched.housekeeping_cpus(frozenset({0, 1, 2, 3}), 3)
+    assert cpus == {0, 1, 2} and "but the RT CPU 3" in why
+    cpus, why = sched.housekeeping_cpus(frozenset({0}), 0)
+    assert cpus == {0} and "shared with the RT cycle" in why
+    cpus, why = sched.housekeeping_cpus(frozenset({0, 1, 2, 3}), 3, frozenset({1, 2, 7}))
+    assert cpus == {1, 2} and "nonrt.cpus" in why
+    cpus, why = sched.housekeeping_cpus(frozenset({0, 1}), 1, frozenset({1}))
+    assert cpus == {1} and "shared with the RT CPU" in why
+    cpus, why = sched.housekeeping_cpus(frozenset({0, 1}), 1, frozenset({5}))
+    assert cpus == {0, 1} and "names no CPU this process may use" in why

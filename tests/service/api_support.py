@@ -151,6 +151,7 @@ async def serve(
     backend: Callable[[Config], HaBackend] | None = None,
     max_body: int = MAX_BODY,
     sections: Mapping[str, Mapping[str, Any]] | None = None,
+    health_max_age_s: float = 0.0,
 ) -> AsyncIterator[Served]:
     """The real controller and its admin API on a real loopback socket; ``sections``
     override the test configuration."""
@@ -164,7 +165,13 @@ async def serve(
     seen: list[ApiRequest] = []
     await controller.start()
     try:
-        app = build_app(controller, token=token, max_body_bytes=max_body, on_request=seen.append)
+        app = build_app(
+            controller,
+            token=token,
+            max_body_bytes=max_body,
+            on_request=seen.append,
+            health_max_age_s=health_max_age_s,
+        )
         async with TestClient(TestServer(app, host="127.0.0.1")) as client:
             if with_rt:
                 rt.start()

@@ -49,6 +49,29 @@ async def all_records(served: Served) -> list[dict[str, Any]]:
 # --- probes, document, page ------------------------------------------------------------
 
 
+def test_health_is_evaluated_at_most_once_per_max_age(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with serve(tmp_path, health_max_age_s=0.3) as s:
+            calls = 0
+            real = s.controller.health
+
+            def counted() -> Any:
+                nonlocal calls
+                calls += 1
+                return real()
+
+            s.controller.health = counted  # type: ignore[method-assign]
+            first = await (await s.client.get("/health")).json()
+            second = await (await s.client.get("/health")).json()
+            assert calls == 1 and first == second  # the same evaluation, timestamp and all
+            await asyncio.sleep(0.35)
+            third = await (await s.client.get("/health")).json()
+            assert calls == 2 and third["timestamp"] > first["timestamp"]
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+
+
+
 def test_probes_document_and_page(tmp_path: Path) -> None:
     async def body(s: Served) -> None:
         r = await s.client.get("/health")

@@ -200,7 +200,12 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         progress("part 1: /health vs a bare aiohttp handler")
         port = free_port()
-        bare = subprocess.Popen([sys.executable, "-c", BARE_SERVER, str(port)])
+        # The bare server gets the CPUs mxrc nonrt places itself on (every CPU but the RT
+        # one), so that both serve from the same CPUs as wrk's neighbour.
+        nonrt_cpus = ",".join(str(c) for c in cpus if c != rt_cpu) or str(rt_cpu)
+        bare = subprocess.Popen(
+            ["taskset", "-c", nonrt_cpus, sys.executable, "-c", BARE_SERVER, str(port)]
+        )
         node = None
         try:
             wait_http(f"http://127.0.0.1:{port}/health")
