@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from mxrc import __version__, chart_cli, log_cli, replay_cli, rt_cli, runner
+from mxrc.drill import actuator
 from mxrc.errors import MxrcError
 from mxrc.service import nonrt_cli
 
@@ -46,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"mxrc {__version__}")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
-    for module in (runner, nonrt_cli, replay_cli, chart_cli, log_cli, rt_cli):
+    for module in (runner, nonrt_cli, replay_cli, chart_cli, log_cli, rt_cli, actuator):
         module.add_parser(sub)
     return parser
 

@@ -15,7 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from mxrc.errors import ConfigError
+from mxrc.ha.lease import LeaseTerms
+from mxrc.ha.members import parse_address, parse_members
 from mxrc.rt.cpu import parse_cpulist
+
+#: The peers backend is for a handful of nodes; etcd beyond that.
+MAX_PEERS = 9
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,10 @@ def _cpulist(value: str) -> str | None:
     except ValueError as exc:
         return f"is not a CPU list ({exc}); write it as the kernel does, e.g. '0-2,4'"
     return None if cpus else "names no CPU"
+
+
+def _strings(value: list[Any]) -> str | None:
+    return None if all(isinstance(v, str) for v in value) else "must be a list of strings"
 
 
 def _node_id(value: str) -> str | None:
@@ -129,7 +138,12 @@ SCHEMA: Mapping[str, Mapping[str, Key]] = {
         ),
     },
     "ha": {
-        "backend": Key(str, "local", "leader election: local (a quorum of one)", _one_of("local")),
+        "backend": Key(
+            str,
+            "local",
+            "leader election: local (a quorum of one), etcd, or peers (3-5 nodes)",
+            _one_of("local", "etcd", "peers"),
+        ),
         "lease_ttl_s": Key(float, 2.0, "leader lease time-to-live", _at_least(0.1)),
         "renew_interval_s": Key(
             float, 0.5, "how often the lease is renewed (well below the TTL)", _at_least(0.01)
@@ -139,6 +153,26 @@ SCHEMA: Mapping[str, Mapping[str, Key]] = {
             0.2,
             "the control block's deadline is renewal start + TTL - this margin",
             _at_least(0.0),
+        ),
+        "request_timeout_s": Key(
+            float, 0.3, "time limit of one backend call (below renew_interval_s)",
+            _at_least(0.01),
+        ),
+        "members": Key(
+            list, [], "peers: every member as 'node-id=host:port', this node included",
+            _strings,
+        ),
+        "etcd_endpoints": Key(
+            list, ["127.0.0.1:2379"], "etcd: client endpoints 'host:port', tried in turn",
+            _strings,
+        ),
+        "etcd_prefix": Key(str, "/mxrc", "etcd: the leader key is <prefix>/<cell>/leader"),
+        "cell": Key(
+            str, "cell-1", "the robot cell the nodes compete for (one leader per cell)",
+            _node_id,
+        ),
+        "auto_start": Key(
+            bool, False, "a new leader with quorum starts by itself (default: an operator)"
         ),
     },
     "api": {
@@ -324,23 +358,43 @@ def build_config(doc: Mapping[str, Any], source: str = "defaults") -> Config:
             for name, spec in keys.items()
         }
     values["datastore"] = _datastore(source, doc.get("datastore", {}))
-    _check_lease(source, values["ha"])
+    _check_ha(source, values["ha"], values["node"]["id"])
     return Config(values, source)
 
 
-def _check_lease(source: str, ha: Mapping[str, Any]) -> None:
-    """The three lease keys constrain each other; say which one to change."""
-    ttl, renew, margin = ha["lease_ttl_s"], ha["renew_interval_s"], ha["safety_margin_s"]
-    if margin >= ttl:
+def _check_ha(source: str, ha: Mapping[str, Any], node_id: str) -> None:
+    """The HA keys constrain each other; say which one to change."""
+    try:
+        LeaseTerms(ha["lease_ttl_s"], ha["renew_interval_s"], ha["safety_margin_s"])
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    if ha["request_timeout_s"] >= ha["renew_interval_s"]:
         raise ConfigError(
-            f"{source}: ha.safety_margin_s: {margin} must be smaller than ha.lease_ttl_s "
-            f"({ttl}), or no lease would ever permit motion"
+            f"{source}: ha.request_timeout_s: {ha['request_timeout_s']} must be shorter than "
+            f"ha.renew_interval_s ({ha['renew_interval_s']}), or one slow call delays renewal"
         )
-    if renew >= ttl - margin:
-        raise ConfigError(
-            f"{source}: ha.renew_interval_s: {renew} must be shorter than ha.lease_ttl_s - "
-            f"ha.safety_margin_s ({ttl - margin:g}), or the deadline passes between renewals"
-        )
+    try:
+        members = parse_members(ha["members"])
+    except ValueError as exc:
+        raise ConfigError(f"{source}: ha.members: {exc}") from None
+    try:
+        endpoints = [parse_address(e) for e in ha["etcd_endpoints"]]
+    except ValueError as exc:
+        raise ConfigError(f"{source}: ha.etcd_endpoints: {exc}") from None
+    if ha["backend"] == "peers":
+        if node_id not in {m.node_id for m in members}:
+            listed = ", ".join(m.node_id for m in members) or "none"
+            raise ConfigError(
+                f"{source}: ha.members: this node ({node_id!r}, node.id) is not listed "
+                f"(listed: {listed}); the peers backend needs every member, this one too"
+            )
+        if not 1 <= len(members) <= MAX_PEERS:
+            raise ConfigError(
+                f"{source}: ha.members: {len(members)} members; the peers backend takes "
+                f"1 to {MAX_PEERS} (beyond a handful, use ha.backend = \"etcd\")"
+            )
+    if ha["backend"] == "etcd" and not endpoints:
+        raise ConfigError(f"{source}: ha.etcd_endpoints: empty; name at least one host:port")
 
 
 def load_config(path: Path | None, overrides: Mapping[str, Any] | None = None) -> Config:
@@ -368,6 +422,8 @@ def _toml(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
     return repr(value)
 
 

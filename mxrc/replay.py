@@ -603,7 +603,19 @@ def summarize_start(p: dict[str, Any]) -> str:
             f"records{cut}")
 
 
+def summarize_lease(p: dict[str, Any]) -> str:
+    until = p.get("valid_until_wall_ns")
+    valid = f" valid until {format_time(until)}" if isinstance(until, int) else ""
+    if p.get("leader"):
+        return f"leader, token {p.get('token', '?')}{valid} ({p.get('backend', '?')})"
+    quorum = "" if p.get("quorum") else ", no quorum"
+    held = f"; was{valid}" if valid else ""
+    return (f"not leader (holder {p.get('holder') or 'none'}{quorum}){held}: "
+            f"{p.get('detail', '')}")
+
+
 _SUMMARIES: dict[str, Callable[[dict[str, Any]], str]] = {
+    "lease": summarize_lease,
     "transition": summarize_transition,
     "command_rejected": summarize_rejection,
     "node_started": summarize_start,
@@ -745,7 +757,10 @@ class RunningTracker:
     An interval ends at the transition out of RUNNING; at ``node_stopped``; after a
     crash (the next record is ``node_started``) at the last record before it, since
     that is the last moment the process is known to have been alive; and at the last
-    record when the log ends while RUNNING.
+    record when the log ends while RUNNING. A ``lease`` record that reports the
+    leadership lost while RUNNING ends the interval earlier, at the lease's
+    ``valid_until_wall_ns``: the cycle stops driving at that deadline by itself, even
+    though the node journals its fault only once it notices (a renewal later).
     """
 
     def __init__(self, node: str, running: str = RUNNING) -> None:
@@ -754,10 +769,14 @@ class RunningTracker:
         self.intervals: list[RunningInterval] = []
         self._start: Record | None = None
         self._last: Record | None = None
+        self._lease_end: int | None = None
 
     def feed(self, record: Record) -> None:
         kind = record["type"]
         if self._start is not None:
+            payload = record["payload"]
+            if kind == "lease" and not payload.get("leader") and self._lease_end is None:
+                self._lease_end = payload.get("valid_until_wall_ns")
             if kind == "node_started" and self._last is not None:
                 self._close(self._last, "crash")
             elif kind == "node_stopped":
@@ -771,9 +790,15 @@ class RunningTracker:
     def _close(self, end: Record, why: str) -> None:
         start = self._start
         assert start is not None
-        self.intervals.append(RunningInterval(self.node, start["wall_ns"], end["wall_ns"],
+        end_ns = end["wall_ns"]
+        lease_end = self._lease_end
+        if lease_end is not None and start["wall_ns"] <= lease_end < end_ns:
+            end_ns = lease_end
+            why = f"{why}; lease valid until {format_time(lease_end)}"
+        self.intervals.append(RunningInterval(self.node, start["wall_ns"], end_ns,
                                               start["seq"], end["seq"], why))
         self._start = None
+        self._lease_end = None
 
     def finish(self) -> list[RunningInterval]:
         if self._start is not None and self._last is not None:

@@ -126,6 +126,17 @@ def write(node: str, key: str, value: Any, previous: Any = None, *,
                                           "actor": "console"}, at)
 
 
+def lease(node: str, *, leader: bool, token: int, valid_until: float | None,
+          at: float | None = None) -> Step:
+    """A ``lease`` record; ``valid_until`` in seconds after T0, like ``at``."""
+    return Step(node, "lease", {
+        "backend": "etcd", "leader": leader, "quorum": True, "token": token,
+        "holder": node if leader else None,
+        "valid_until_wall_ns": None if valid_until is None else T0 + int(valid_until * NS),
+        "detail": "",
+    }, at, token=token)
+
+
 def crash(node: str, torn: bytes = b"") -> Crash:
     return Crash(node, torn)
 

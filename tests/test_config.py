@@ -167,3 +167,33 @@ def test_lease_keys_are_checked_together(ha: dict[str, float], key: str) -> None
 def test_unknown_ha_backend_lists_the_allowed_ones() -> None:
     with pytest.raises(ConfigError, match=r"ha\.backend: 'zookeeper' must be one of local"):
         build_config({"ha": {"backend": "zookeeper"}})
+
+
+PEERS = ["node-1=127.0.0.1:7701", "node-2=127.0.0.1:7702", "node-3=127.0.0.1:7703"]
+
+
+@pytest.mark.parametrize(
+    ("ha", "message"),
+    [
+        ({"request_timeout_s": 0.5}, r"ha\.request_timeout_s: 0\.5 must be shorter than"),
+        ({"backend": "peers"}, r"ha\.members: this node \('node-1', node\.id\) is not listed"),
+        ({"members": ["node-1"]}, r"ha\.members: 'node-1' is not 'node-id=host:port'"),
+        ({"members": ["n=localhost:99999"]}, r"ha\.members: 'localhost:99999': port must be"),
+        ({"members": [*PEERS, "node-2=127.0.0.1:7709"]}, "'node-2' is listed twice"),
+        ({"members": [7701]}, r"ha\.members: \[7701\] must be a list of strings"),
+        ({"etcd_endpoints": ["etcd"]}, r"ha\.etcd_endpoints: 'etcd' is not host:port"),
+        ({"backend": "etcd", "etcd_endpoints": []}, r"ha\.etcd_endpoints: empty"),
+        ({"backend": "peers", "members": [f"n{i}=h:{i + 1}" for i in range(10)]}, "not listed"),
+    ],
+)
+def test_ha_keys_are_checked_together(ha: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        build_config({"ha": ha}, "mxrc.toml")
+
+
+def test_peers_members_are_read() -> None:
+    config = build_config({"ha": {"backend": "peers", "members": PEERS}})
+    assert config["ha.members"] == PEERS
+    too_many = [f"node-{i}=127.0.0.1:{7700 + i}" for i in range(1, 11)]
+    with pytest.raises(ConfigError, match=r"10 members; the peers backend takes 1 to 9"):
+        build_config({"ha": {"backend": "peers", "members": too_many}})

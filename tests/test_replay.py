@@ -47,6 +47,7 @@ from tests.logfactory import (
     crash,
     cycle,
     failover_script,
+    lease,
     make_record,
     move,
     records_of,
@@ -291,6 +292,22 @@ def test_running_ends_at_a_clean_stop_and_at_the_end_of_the_log() -> None:
     assert running_intervals(open_ended) == [
         RunningInterval("a", at(5), at(11), 3, 4, "log end")]
     assert running_intervals([]) == []
+
+
+def test_a_lost_lease_ends_running_at_its_deadline_not_at_the_later_fault() -> None:
+    records = records_of("a", [
+        *bring_up("a"), lease("a", leader=True, token=7, valid_until=4.8, at=3),
+        move("a", "start", "READY", "RUNNING", at=5),
+        lease("a", leader=False, token=0, valid_until=9.5, at=10),
+        move("a", "fault", "RUNNING", "SAFE_MODE", cause="lease_lost", actor="system", at=10.2),
+    ])
+    [interval] = running_intervals(records)
+    assert (interval.start_ns, interval.end_ns) == (at(5), at(9.5))
+    assert interval.ended_by.startswith("transition; lease valid until")
+    other = records_of("b", [*bring_up("b"), move("b", "start", "READY", "RUNNING", at=9.7)])
+    assert find_overlaps([interval, *running_intervals(other)]) == []  # b began after 9.5
+    late = records_of("b", [*bring_up("b"), move("b", "start", "READY", "RUNNING", at=9.4)])
+    assert len(find_overlaps([interval, *running_intervals(late)])) == 1
 
 
 def _iv(node: str, start: float, end: float) -> RunningInterval:

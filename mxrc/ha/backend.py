@@ -49,5 +49,21 @@ class HaBackend(Protocol):
         ...
 
     async def release(self) -> None:
-        """Step down (clean shutdown), so a successor need not wait for the TTL."""
+        """Step down (clean shutdown, or a hand-off), so a successor need not wait for
+        the TTL. Afterwards :meth:`renew` does not take the lead again until
+        :meth:`resume` (a node that stepped down stays down)."""
+        ...
+
+    def resume(self) -> None:
+        """Compete for leadership again after :meth:`release`."""
+        ...
+
+    async def wait_for_change(self, timeout_s: float) -> None:
+        """Sleep up to ``timeout_s``, returning early when the backend learnt something
+        worth an immediate :meth:`renew` (the leader key vanished, a peer's vote or a
+        higher term arrived). Never raises for a backend outage."""
+        ...
+
+    async def close(self) -> None:
+        """Free connections and servers (after :meth:`release`)."""
         ...

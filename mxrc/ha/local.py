@@ -9,6 +9,7 @@ before it is used.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
@@ -28,6 +29,7 @@ class LocalBackend:
         self.directory = directory
         self.terms = terms
         self.term = 0
+        self.released = False
 
     async def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -41,11 +43,17 @@ class LocalBackend:
                     "restore it or remove the file only if no actuator remembers a higher token"
                 )
             previous = int(text)
-        self.term = previous + 1
-        atomic_write(path, f"{self.term}\n".encode())
+        self.term = previous
+        self._next_term()
+
+    def _next_term(self) -> None:
+        self.term += 1
+        atomic_write(self.directory / TERM_FILE, f"{self.term}\n".encode())
 
     async def renew(self) -> Leadership:
         started = time.monotonic_ns()
+        if self.released:
+            return Leadership(False, True, 0, 0, None, "local backend: stepped down")
         return Leadership(
             leader=True,
             quorum=True,
@@ -56,4 +64,16 @@ class LocalBackend:
         )
 
     async def release(self) -> None:
+        self.released = True
+
+    def resume(self) -> None:
+        """A new leadership after a step-down gets a new, higher term."""
+        if self.released:
+            self.released = False
+            self._next_term()
+
+    async def wait_for_change(self, timeout_s: float) -> None:
+        await asyncio.sleep(timeout_s)  # nothing else can change a quorum of one
+
+    async def close(self) -> None:
         return None

@@ -32,6 +32,10 @@ class ControlLaw(ABC):
 
     def __init__(self, period_s: float) -> None:
         self.period_s = period_s
+        #: The fencing token of the lease that permits driving now, set by the cycle
+        #: before :meth:`resume`. A law that commands a real actuator sends it with
+        #: every command, so the actuator can refuse a deposed leader's writes.
+        self.fencing_token = 0
 
     @abstractmethod
     def read_sensors(self, info: CycleInfo) -> None: ...

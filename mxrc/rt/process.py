@@ -294,6 +294,7 @@ class RtHook:
         cause = self._decide(now)
         if cause == 0:
             if not self.driving:
+                self.law.fencing_token = self.expected_token
                 self.law.resume()
                 self.driving = True
             self.executive.run(info)

@@ -40,8 +40,8 @@ from mxrc.config import Config
 from mxrc.errors import MxrcError
 from mxrc.eventlog import read_records
 from mxrc.ha.backend import NO_LEADERSHIP, HaBackend, Leadership
-from mxrc.ha.lease import LeaseTerms, remaining_s
-from mxrc.ha.local import LocalBackend
+from mxrc.ha.factory import lease_terms, make_backend
+from mxrc.ha.lease import remaining_s
 from mxrc.node import BootReport, Node
 from mxrc.obs.metrics import NonrtMetrics
 from mxrc.rt.controlblock import ControlBlock, ControlBlockWriter, Mode
@@ -128,6 +128,17 @@ def create_segments(config: Config) -> Segments:
     return Segments(control, ring, store)
 
 
+def lease_fault(lead: Leadership, driving_token: int) -> str | None:
+    """Why a driving node must stop after this renewal, or None. Pure."""
+    if not lead.quorum:
+        return "quorum_lost"
+    if not lead.leader or lead.token <= 0:
+        return "lease_lost"
+    if driving_token and lead.token != driving_token:
+        return "token_changed"  # a newer leadership exists, even if it is ours again
+    return None
+
+
 def _cycle_window(samples: deque[tuple[int, int, int]], now_ns: int, window_s: float) -> None:
     horizon = now_ns - int(window_s * 2e9)  # keep two windows: the rate needs a baseline
     while samples and samples[0][0] < horizon:
@@ -152,14 +163,11 @@ class Controller:
         self.registry = self.metrics.registry
         self.bus = EventBus(int(config["nonrt.bus_queue"]))
         self.thresholds = Thresholds.from_config(config)
-        self.terms = LeaseTerms(
-            float(config["ha.lease_ttl_s"]),
-            float(config["ha.renew_interval_s"]),
-            float(config["ha.safety_margin_s"]),
-        )
-        self.ha: HaBackend = backend or LocalBackend(
-            self.node_id, config.data_dir / "ha", self.terms
-        )
+        self.terms = lease_terms(config)
+        self.ha: HaBackend = backend or make_backend(config)
+        self.auto_start = bool(config["ha.auto_start"])
+        self._driving_token = 0  # the token under which the node went RUNNING
+        self._renew_lock = asyncio.Lock()
         self.leadership: Leadership = NO_LEADERSHIP
         self.table = key_table(config)
         guards = {
@@ -218,6 +226,8 @@ class Controller:
             raise
         self._restore_critical_keys()
         await self.ha.start()
+        if self.node.state == "SAFE_MODE":  # recovered after a crash: stand by, do not lead
+            await self.ha.release()
         await self._renew()
         self._mirror()
         self._tasks = [
@@ -228,7 +238,21 @@ class Controller:
             asyncio.create_task(self._lease_loop(), name="lease"),
             asyncio.create_task(self._housekeeping(), name="housekeeping"),
         ]
+        for task in self._tasks:
+            task.add_done_callback(self._task_ended)
         return self.boot
+
+    def _task_ended(self, task: asyncio.Task[None]) -> None:
+        """A loop of this process ended while the node runs: a bug or an unexpected
+        error, never a reason to keep driving. Hold outputs and fault, loudly."""
+        if self.stopping or task.cancelled():
+            return
+        error = task.exception()
+        self.notice(
+            f"mxrc nonrt: internal loop {task.get_name()!r} ended "
+            f"({type(error).__name__}: {error}); holding outputs"
+        )
+        self._safety_fault(f"internal_{task.get_name()}")
 
     async def stop(self, reason: str) -> None:
         """Hold outputs, journal the stop (RUNNING → READY, ``node_stopped``), checkpoint,
@@ -248,6 +272,8 @@ class Controller:
             self._mirror()
             with contextlib.suppress(Exception):
                 await self.ha.release()
+            with contextlib.suppress(Exception):
+                await self.ha.close()
             if self.feed is not None:
                 with contextlib.suppress(Exception):
                     self.feed.poll()
@@ -284,37 +310,108 @@ class Controller:
         if self.block is None or self.node._machine is None:
             return
         mode = Mode.from_state(self.node.state)
+        lead = self.leadership
+        if mode != Mode.RUNNING:
+            self._driving_token = 0
         if mode == Mode.RUNNING and not self.stopping and self._lease_valid():
-            self.block.write(Mode.RUNNING, self.leadership.token, self.leadership.deadline_ns)
+            if not self._driving_token:
+                self._driving_token = lead.token
+            # A token other than the one RUNNING began with is never written as a
+            # permission: the cycle would refuse it anyway (token_changed).
+            if lead.token == self._driving_token:
+                self.block.write(Mode.RUNNING, lead.token, lead.deadline_ns)
+                return
+            self.block.write(Mode.SAFE_MODE, lead.token, 0)
         elif mode == Mode.RUNNING:
-            self.block.write(Mode.SAFE_MODE, self.leadership.token, 0)
+            self.block.write(Mode.SAFE_MODE, lead.token, 0)
         else:
-            self.block.write(mode, self.leadership.token, 0)
+            self.block.write(mode, lead.token, 0)
 
     # ------------------------------------------------------------------ leadership
 
     async def _renew(self) -> None:
+        """One renewal at a time (the lease loop, a step-down and a reset all renew)."""
+        async with self._renew_lock:
+            await self._renew_once()
+
+    async def _renew_once(self) -> None:
         before = self.leadership
         self.leadership = await self.ha.renew()
         lead = self.leadership
         if lead.token and lead.token != self.node.token:
             self.node.token = lead.token
-        if (lead.leader, lead.quorum, lead.token) != (before.leader, before.quorum, before.token):
+        changed = (lead.leader, lead.quorum, lead.token, lead.holder) != (
+            before.leader,
+            before.quorum,
+            before.token,
+            before.holder,
+        )
+        driving = self.node.state in self.chart.driving_states
+        cause = lease_fault(lead, self._driving_token) if driving else None
+        if cause is not None and not self.stopping:
+            self._hold()  # before anything is written: the record follows the safety
+        if changed:
             self.bus.publish(
                 LeaseChanged(
                     time.monotonic_ns(), lead.leader, lead.quorum, lead.token, lead.deadline_ns
                 )
             )
-        if not self.stopping and not self._holding:
-            if self.node.state in self.chart.driving_states and not lead.may_drive:
-                self._safety_fault("lease_lost")
-            else:
+            await self._journal_lease(before, lead)
+        if self.stopping or (self._holding and cause is None):
+            return
+        if cause is not None:
+            self._safety_fault(cause)
+            return
+        self._mirror()
+        if self.auto_start and self.node.state == "READY" and self._lease_valid():
+            self._auto_start()
+
+    async def _journal_lease(self, before: Leadership, lead: Leadership) -> None:
+        """A ``lease`` record on every change of leadership (not every renewal): with
+        its deadline in wall time, replay can check leases against RUNNING intervals."""
+        deadline = lead.deadline_ns if lead.leader else before.deadline_ns
+        valid_until = (
+            time.time_ns() + (deadline - time.monotonic_ns())
+            if deadline and (lead.leader or before.leader)
+            else None
+        )
+        with contextlib.suppress(MxrcError):  # a failed log is reported by health
+            await self._state(
+                self.node.journal,
+                "lease",
+                {
+                    "backend": self.ha.name,
+                    "leader": lead.leader,
+                    "quorum": lead.quorum,
+                    "token": lead.token,
+                    "holder": lead.holder,
+                    "valid_until_wall_ns": valid_until,
+                    "detail": lead.detail,
+                },
+            )
+
+    def _auto_start(self) -> None:
+        """``ha.auto_start``: the new leader starts by itself (journalled as actor
+        ``ha``), through the same guards an operator's start passes."""
+        if "start" in self._fault_pending or not self._healthy_enough_to_start():
+            return
+        self._fault_pending.add("start")
+
+        async def fire() -> None:
+            try:
+                await self._state(self.node.fire, "start", actor="ha", cause="auto_start")
+            except (TriggerRejected, MxrcError) as exc:
+                self.notice(f"mxrc nonrt: auto start refused: {exc}")
+            finally:
+                self._fault_pending.discard("start")
                 self._mirror()
+
+        asyncio.get_running_loop().create_task(fire())
 
     async def _lease_loop(self) -> None:
         interval = self.terms.renew_interval_s
         while True:
-            await asyncio.sleep(interval)
+            await self.ha.wait_for_change(interval)
             await self._renew()
 
     # ------------------------------------------------------------------ reactions
@@ -329,6 +426,15 @@ class Controller:
 
     async def _journal_fault(self, cause: str) -> None:
         try:
+            if self._driving_token and 0 < self.leadership.deadline_ns <= time.monotonic_ns():
+                # The cycle stopped at the deadline already; say so before the fault, so
+                # the record shows when driving ended even if this process was frozen
+                # and journals the fault seconds later.
+                expired = Leadership(
+                    False, self.leadership.quorum, 0, 0, self.leadership.holder,
+                    "lease deadline passed",
+                )  # fmt: skip
+                await self._journal_lease(self.leadership, expired)
             if "fault" in self.node.legal_triggers():
                 await self._state(self.node.fire, "fault", cause=cause, actor="system")
         except (TriggerRejected, MxrcError) as exc:
@@ -341,7 +447,9 @@ class Controller:
         """The controller's own bus observer: bookkeeping and safety reactions."""
         state = self.node.state if self.node._machine else "INIT"
         active = state in ("READY", "RUNNING") and not self.stopping
-        if isinstance(event, CycleStatus):
+        if isinstance(event, Journaled):
+            self._leadership_follows_state(event.record)
+        elif isinstance(event, CycleStatus):
             self.rt_attached = True
             self.latest = event
             self.latest_wall_ns = time.time_ns()
@@ -371,6 +479,25 @@ class Controller:
                 what = "rt_stopped" if isinstance(event, RtStopped) else "rt_lost"
                 self.notice(f"mxrc nonrt: the RT process is gone ({what}); holding outputs")
                 self._safety_fault(what)
+
+    def _leadership_follows_state(self, record: Record) -> None:
+        """A node in SAFE_MODE steps down, so that a healthy standby takes over without
+        waiting out the TTL (Patroni's rule: a node that cannot serve does not hold the
+        leader lock); a reset to READY makes it a candidate again."""
+        if record["type"] != "transition" or self.stopping:
+            return
+        payload = record["payload"]
+        if payload["dest"] == "SAFE_MODE" and payload["source"] != "SAFE_MODE":
+            asyncio.get_running_loop().create_task(self._step_down())
+        elif payload["source"] == "SAFE_MODE" and payload["dest"] == "READY":
+            self.ha.resume()
+            asyncio.get_running_loop().create_task(self._renew())
+
+    async def _step_down(self) -> None:
+        async with self._renew_lock:
+            with contextlib.suppress(Exception):  # an outage: the lease runs out anyway
+                await self.ha.release()
+            await self._renew_once()
 
     def _initialise(self) -> None:
         if "initialized" in self._fault_pending:
@@ -403,8 +530,10 @@ class Controller:
             conditions.append("rt_lost: no RT process reporting")
         if self._miss_burst():
             conditions.append("deadline_misses: miss burst within the health window")
-        if not self.leadership.may_drive:
-            conditions.append(f"lease_lost: {self.leadership.detail}")
+        if not self.leadership.quorum:
+            # Without a quorum this node cannot even tell who leads. A node that merely
+            # is not leader may be READY (a standby); start has its own leader guard.
+            conditions.append(f"quorum_lost: {self.leadership.detail}")
         return conditions
 
     def _healthy_enough_to_start(self) -> bool:

@@ -56,3 +56,15 @@ def test_damaged_term_file_is_refused_not_reset(tmp_path: Path) -> None:
     backend = LocalBackend("n1", tmp_path / "ha", LeaseTerms(2.0, 0.5, 0.2))
     with pytest.raises(MxrcError, match="local-term"):
         asyncio.run(backend.start())
+
+
+def test_a_driving_node_stops_on_quorum_lease_or_token() -> None:
+    from mxrc.ha.backend import Leadership
+    from mxrc.service.controller import lease_fault
+
+    ok = Leadership(True, True, 7, 10**12, "n1", "")
+    assert lease_fault(ok, 7) is None
+    assert lease_fault(ok, 0) is None  # not driving yet under any token
+    assert lease_fault(Leadership(True, False, 7, 10**12, "n1", ""), 7) == "quorum_lost"
+    assert lease_fault(Leadership(False, True, 0, 0, "n2", ""), 7) == "lease_lost"
+    assert lease_fault(Leadership(True, True, 9, 10**12, "n1", ""), 7) == "token_changed"

@@ -446,6 +446,9 @@ def test_event_stream_delivers_a_commanded_transition(
         [(event_id, data)] = await sse_records(stream, 1, 10)
         assert event_id == record["seq"] == data["seq"]
         assert data == record  # the same record, as the log holds it
+        [(lease_id, lease)] = await sse_records(stream, 1, 10)  # SAFE_MODE: step down
+        assert lease_id == record["seq"] + 1 and lease["type"] == "lease"
+        assert lease["payload"]["leader"] is False
         # heartbeats keep idle connections open through proxies
         comment = await asyncio.wait_for(stream.content.readuntil(b": heartbeat\n\n"), 5)
         assert comment.endswith(b": heartbeat\n\n")
@@ -458,8 +461,8 @@ def test_event_stream_delivers_a_commanded_transition(
         got = await sse_records(resumed, 2, 10)
         assert [i for i, _ in got] == [record["seq"] - 1, record["seq"]]
         await s.client.put("/v1/datastore/setpoint", json={"value": 4.5}, headers=s.auth)
-        [(live_id, live)] = await sse_records(resumed, 1, 10)
-        assert live_id == record["seq"] + 1 and live["type"] == "datastore_write"
+        [_, (live_id, live)] = await sse_records(resumed, 2, 10)
+        assert live_id == record["seq"] + 2 and live["type"] == "datastore_write"
         resumed.close()
 
         via_query = await s.client.get(f"/v1/events/stream?after={record['seq']}")

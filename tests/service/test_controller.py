@@ -222,17 +222,30 @@ class SwitchableBackend:
 
     def __init__(self) -> None:
         self.leader = True
+        self.quorum = True
+        self.released = False
         self.terms = LeaseTerms(2.0, 0.05, 0.2)
 
     async def start(self) -> None:
         return None
 
     async def renew(self) -> Leadership:
-        if not self.leader:
+        if not self.quorum:
+            return Leadership(False, False, 0, 0, None, "no quorum")
+        if not self.leader or self.released:
             return Leadership(False, True, 0, 0, "other", "another node holds the lease")
         return Leadership(True, True, 7, self.terms.deadline_ns(time.monotonic_ns()), "n1", "")
 
     async def release(self) -> None:
+        self.released = True
+
+    def resume(self) -> None:
+        self.released = False
+
+    async def wait_for_change(self, timeout_s: float) -> None:
+        await asyncio.sleep(timeout_s)
+
+    async def close(self) -> None:
         return None
 
 
@@ -250,16 +263,25 @@ def test_lease_loss_holds_outputs_before_the_fault_is_journalled(tmp_path: Path)
         await c.command("start", actor="test", cause=None, traceparent="")
         backend.leader = False
         await until(lambda: c.node.state == "SAFE_MODE", 5, "SAFE_MODE on lease loss")
+        assert backend.released  # a node in SAFE_MODE steps down for a standby
+        backend.quorum = False
+        await until(lambda: not c.leadership.quorum, 5, "quorum loss seen")
         with pytest.raises(TriggerRejected) as refused:
             await c.command("reset", actor="test", cause=None, traceparent="")
         assert refused.value.failed_guards == ["cause_cleared"]
-        assert any(cond.startswith("lease_lost") for cond in c.active_conditions())
+        assert any(cond.startswith("quorum_lost") for cond in c.active_conditions())
+        backend.quorum = True  # a follower with quorum may stand by in READY
+        await until(lambda: c.leadership.quorum, 5, "quorum back")
+        await c.command("reset", actor="test", cause=None, traceparent="")
+        assert (c.node.state, backend.released) == ("READY", False)  # a candidate again
+        with pytest.raises(NotPermitted):
+            await c.command("start", actor="test", cause=None, traceparent="")
 
     scenario(
         tmp_path,
         body,
         controller_kwargs={"backend": backend},
-        ha={"renew_interval_s": 0.05},
+        ha={"renew_interval_s": 0.05, "request_timeout_s": 0.04},
     )
     assert seen == [Mode.SAFE_MODE]
     moves = transitions(load_config(tmp_path / "n1.toml"))

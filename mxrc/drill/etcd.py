@@ -1,0 +1,140 @@
+"""A real etcd cluster (Debian's ``etcd-server``) on loopback ports, for drills and tests.
+
+Each member is a child process with its own data directory under ``root``;
+:meth:`EtcdCluster.stop` kills exactly the processes it started (by PID). Members talk
+to each other directly (their peer URLs are advertised cluster-wide, so a per-link
+proxy cannot stand between two of them); drills cut the links *to* etcd instead, and
+pause or stop members.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mxrc.errors import MxrcError
+
+ETCD = shutil.which("etcd")
+ETCDCTL = shutil.which("etcdctl")
+START_TIMEOUT_S = 20.0
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+@dataclass
+class EtcdMember:
+    name: str
+    client_port: int
+    peer_port: int
+    data_dir: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.client_port}"
+
+
+@dataclass
+class EtcdCluster:
+    root: Path
+    size: int = 1
+    members: list[EtcdMember] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        ports = free_ports(2 * self.size)
+        for i in range(self.size):
+            name = f"etcd-{i + 1}"
+            self.members.append(
+                EtcdMember(name, ports[2 * i], ports[2 * i + 1], self.root / name)
+            )
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [m.endpoint for m in self.members]
+
+    def start(self) -> None:
+        if ETCD is None or ETCDCTL is None:
+            raise MxrcError("etcd is not installed: run tools/setup (etcd-server, etcd-client)")
+        initial = ",".join(f"{m.name}=http://127.0.0.1:{m.peer_port}" for m in self.members)
+        for m in self.members:
+            m.data_dir.mkdir(parents=True, exist_ok=True)
+            log = (self.root / f"{m.name}.log").open("ab")
+            m.process = subprocess.Popen(
+                [
+                    ETCD,
+                    "--name", m.name,
+                    "--data-dir", str(m.data_dir),
+                    "--listen-client-urls", f"http://127.0.0.1:{m.client_port}",
+                    "--advertise-client-urls", f"http://127.0.0.1:{m.client_port}",
+                    "--listen-peer-urls", f"http://127.0.0.1:{m.peer_port}",
+                    "--initial-advertise-peer-urls", f"http://127.0.0.1:{m.peer_port}",
+                    "--initial-cluster", initial,
+                    "--initial-cluster-state", "new",
+                    "--heartbeat-interval", "100",
+                    "--election-timeout", "1000",
+                ],
+                stdout=log,
+                stderr=log,
+            )  # fmt: skip
+            log.close()
+        self.wait_healthy()
+
+    def wait_healthy(self) -> None:
+        """Every member answers a linearizable read (so the cluster has a leader)."""
+        deadline = time.monotonic() + START_TIMEOUT_S
+        for m in self.members:
+            while not self._member_ok(m):
+                if time.monotonic() > deadline:
+                    log = (self.root / f"{m.name}.log").read_text(errors="replace")[-2000:]
+                    raise MxrcError(f"etcd member {m.name} not healthy: {log}")
+                time.sleep(0.1)
+
+    @staticmethod
+    def _member_ok(m: EtcdMember) -> bool:
+        assert m.process is not None
+        if m.process.poll() is not None:
+            raise MxrcError(f"etcd member {m.name} exited with {m.process.returncode}")
+        out = subprocess.run(
+            [ETCDCTL or "etcdctl", "--endpoints", m.endpoint, "--command-timeout=1s",
+             "endpoint", "health"],
+            capture_output=True,
+            env={**os.environ, "ETCDCTL_API": "3"},
+            check=False,
+        )
+        return out.returncode == 0
+
+    def pause(self, index: int) -> None:
+        member = self.members[index]
+        assert member.process is not None
+        os.kill(member.process.pid, signal.SIGSTOP)
+
+    def resume(self, index: int) -> None:
+        member = self.members[index]
+        assert member.process is not None
+        os.kill(member.process.pid, signal.SIGCONT)
+
+    def stop(self) -> None:
+        for m in self.members:
+            if m.process is not None and m.process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(m.process.pid, signal.SIGCONT)
+                m.process.kill()
+                m.process.wait(10)
