@@ -11,10 +11,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from mxrc import __version__, chart_cli, log_cli, replay_cli, rt_cli, runner
+from mxrc import __version__, chart_cli, command_cli, log_cli, replay_cli, rt_cli, runner
 from mxrc.drill import actuator
 from mxrc.errors import MxrcError
 from mxrc.service import nonrt_cli
+from mxrc.systemd import units_cli
 
 DESCRIPTION = """\
 mxrc: a runtime for robot controllers. The controller's safety state (INIT, READY,
@@ -47,7 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"mxrc {__version__}")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
-    for module in (runner, nonrt_cli, replay_cli, chart_cli, log_cli, rt_cli, actuator):
+    modules = (
+        runner, command_cli, nonrt_cli, replay_cli, chart_cli, log_cli, rt_cli, actuator,
+        units_cli,
+    )  # fmt: skip
+    for module in modules:
         module.add_parser(sub)
     return parser
 

@@ -57,6 +57,11 @@ def _cpulist(value: str) -> str | None:
     return None if cpus else "names no CPU"
 
 
+def _size(value: str) -> str | None:
+    ok = re.fullmatch(r"[0-9]+[KMGT]?", value.strip()) is not None
+    return None if ok else "must be a number of bytes, optionally with K, M, G or T"
+
+
 def _strings(value: list[Any]) -> str | None:
     return None if all(isinstance(v, str) for v in value) else "must be a list of strings"
 
@@ -185,6 +190,30 @@ SCHEMA: Mapping[str, Mapping[str, Key]] = {
         "health_cache_ms": Key(
             float, 100.0, "GET /health re-evaluates at most this often (0: every request)",
             _at_least(0.0),
+        ),
+    },
+    "systemd": {
+        "user": Key(str, "mxrc", "User= of the units (tools/install creates it)", _node_id),
+        "group": Key(str, "mxrc", "Group= of the units", _node_id),
+        "watchdog_s": Key(
+            float, 5.0, "WatchdogSec= of both services (pinged at half of it)", _at_least(1.0)
+        ),
+        "restart_sec": Key(float, 5.0, "RestartSec= (Restart=on-failure)", _at_least(0.1)),
+        "start_limit_burst": Key(
+            int, 5, "StartLimitBurst=: restarts allowed within the interval", _at_least(1)
+        ),
+        "start_limit_interval_s": Key(
+            float, 60.0, "StartLimitIntervalSec= of that burst", _at_least(1.0)
+        ),
+        "start_timeout_s": Key(float, 60.0, "TimeoutStartSec= (until READY=1)", _at_least(1.0)),
+        "stop_timeout_s": Key(float, 30.0, "TimeoutStopSec=", _at_least(1.0)),
+        "rt_cpu_quota_percent": Key(int, 200, "CPUQuota= of mxrc-rt, in percent", _at_least(1)),
+        "rt_memory_max": Key(
+            str, "2G", "MemoryMax= of mxrc-rt (bytes, or K/M/G/T suffixed)", _size
+        ),
+        "ip_allow": Key(
+            list, [], "more IPAddressAllow= prefixes for nonrt (e.g. the API's clients)",
+            _strings,
         ),
     },
     "health": {

@@ -213,6 +213,35 @@ def test_dead_nonrt_stops_the_run_and_the_restart_comes_back_in_safe_mode(
     assert boots == ["first_boot", "crash"]
 
 
+def test_mxrc_command_drives_the_running_node_and_reports_refusals(
+    tmp_path: Path, procs: list[subprocess.Popen[str]]
+) -> None:
+    data = tmp_path / "var"
+
+    def command(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*MXRC, "command", *args, "--data-dir", str(data)],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+
+    nobody = command("start")
+    assert nobody.returncode == 10 and "no node is running on" in nobody.stderr
+    p = spawn(procs, tmp_path)
+    api = Api(data)
+    api.wait_state("READY")
+    started = command("start")
+    assert started.returncode == 0, started.stderr
+    assert "start: READY → RUNNING" in started.stdout
+    assert api.get("/v1/state")["state"] == "RUNNING"
+    again = command("start")  # illegal in RUNNING: the API's 409, said as it is
+    assert again.returncode == 1 and "start refused (409)" in again.stderr
+    stopped = command("safe_mode", "--cause", "guard door open")
+    assert stopped.returncode == 0 and "RUNNING → SAFE_MODE" in stopped.stdout
+    assert api.get("/v1/state")["cause"] == "guard door open"
+    p.send_signal(signal.SIGTERM)
+    p.communicate(timeout=40)
+
+
 def test_second_run_on_same_data_dir_is_refused(
     tmp_path: Path, procs: list[subprocess.Popen[str]]
 ) -> None:

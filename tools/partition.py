@@ -58,6 +58,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="an operator (this tool) starts the new leader instead of ha.auto_start",
     )
+    parser.add_argument(
+        "--network",
+        choices=("auto", "namespaces", "proxies"),
+        default="auto",
+        help="namespaces: a network namespace per node with veth links (root); proxies: "
+        "loopback through per-link TCP proxies; auto (default): namespaces when root",
+    )
     parser.add_argument("--out", type=Path, help="output directory (default: a new temp dir)")
     parser.add_argument("--list", action="store_true", help="list the nemeses and exit")
     args = parser.parse_args(argv)
@@ -93,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         margin_s=min(0.2, args.ttl / 10),
         request_timeout_s=min(0.3, args.renew * 0.6),
         auto_start=not args.no_auto_start,
+        network=args.network,
     )
     result = asyncio.run(
         drill(out, settings, nemeses, rounds=args.rounds, seed=seed,

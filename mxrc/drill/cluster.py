@@ -1,19 +1,11 @@
 """A local cluster for failover drills: N controller nodes as real processes, their
-coordination service, the fenced actuator, and a proxy for every link between them.
+coordination service, the fenced actuator, and the network between them.
 
 Each node is the pair systemd would run — ``mxrc nonrt`` and ``mxrc rt`` — with its own
-data directory under the drill's output, its own admin API port and its own shared
-memory. Every path from a node to the coordination service goes through a
-:class:`mxrc.drill.links.Link` owned by this process, so a nemesis can cut exactly the
-links it means to:
-
-* **peers**: one link per *directed* pair of nodes (node-1 reaches node-2 only through
-  ``node-1>node-2``); each node's ``ha.members`` names the link, not the peer.
-* **etcd**: one etcd member per node; node *i* reaches every member through its own
-  links ``node-i>etcd-j`` (its own member first). etcd members talk to each other
-  directly: their peer URLs are advertised cluster-wide, so no per-link proxy can sit
-  between two members. A drill therefore partitions nodes *from* etcd, and pauses or
-  stops members; it does not split etcd itself.
+data directory under the drill's output, its own admin API and its own shared memory,
+placed "on" its host by :class:`mxrc.drill.network.Network` (a network namespace of
+its own when run as root, loopback behind link proxies otherwise). For the etcd
+backend each node has an etcd member beside it.
 
 The actuator is the robot: every node can always reach it (a partition between
 controllers does not unplug the robot), which is what makes it the judge.
@@ -38,7 +30,7 @@ import aiohttp
 import orjson
 
 from mxrc.drill.etcd import EtcdCluster, free_ports
-from mxrc.drill.links import Links
+from mxrc.drill.network import NamespaceNetwork, Network, ProxyNetwork
 from mxrc.errors import MxrcError
 
 NONRT_START_S: Final = 30.0
@@ -59,6 +51,7 @@ class DrillSettings:
     request_timeout_s: float = 0.3
     auto_start: bool = True
     period_ms: float = 5.0  # N RT cycles share one CPU on a small machine
+    network: str = "auto"  # namespaces (root), proxies, or auto: namespaces when root
 
 
 @dataclass
@@ -68,6 +61,8 @@ class DrillNode:
     config: Path
     api_port: int
     peer_port: int
+    host: str = "127.0.0.1"
+    prefix: tuple[str, ...] = ()
     nonrt: subprocess.Popen[bytes] | None = None
     rt: subprocess.Popen[bytes] | None = None
     token: str = ""
@@ -75,7 +70,7 @@ class DrillNode:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.api_port}"
+        return f"http://{self.host}:{self.api_port}"
 
     def pids(self) -> list[int]:
         return [p.pid for p in (self.nonrt, self.rt) if p is not None and p.poll() is None]
@@ -87,7 +82,7 @@ class Cluster:
     settings: DrillSettings
     seed: int = 0
     nodes: list[DrillNode] = field(default_factory=list)
-    links: Links = field(default_factory=Links)
+    net: Network = field(default_factory=ProxyNetwork)
     etcd: EtcdCluster | None = None
     actuator: subprocess.Popen[bytes] | None = None
     actuator_port: int = 0
@@ -107,23 +102,27 @@ class Cluster:
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT_S)
         )
-        self._start_actuator()
+        self.net = choose_network(self.settings.network)
         size = self.settings.size
+        ids = [f"node-{i + 1}" for i in range(size)]
+        await self.net.start(ids)
+        self._start_actuator()
         ports = free_ports(2 * size)
-        for i in range(size):
-            node_id = f"node-{i + 1}"
+        for i, node_id in enumerate(ids):
             directory = self.out / node_id
             directory.mkdir(exist_ok=True)
             self.nodes.append(
                 DrillNode(node_id, directory, directory / "mxrc.toml", ports[2 * i],
-                          ports[2 * i + 1])
+                          ports[2 * i + 1], self.net.host_of(node_id), self.net.prefix(node_id))
             )  # fmt: skip
         if self.settings.backend == "etcd":
-            self.etcd = EtcdCluster(self.out / "etcd", size)
+            self.etcd = EtcdCluster(
+                self.out / "etcd", size, [n.host for n in self.nodes],
+                [n.prefix for n in self.nodes],
+            )  # fmt: skip
             await asyncio.to_thread(self.etcd.start)
-        await self._start_links()
         for node in self.nodes:
-            node.config.write_text(self._config_text(node))
+            node.config.write_text(await self._config_text(node))
         for node in self.nodes:
             await self.start_node(node)
 
@@ -132,8 +131,9 @@ class Cluster:
         announce.unlink(missing_ok=True)
         log = (self.out / "actuator.log").open("ab")
         self.actuator = subprocess.Popen(
-            [sys.executable, "-m", "mxrc", "actuator", "--listen", "127.0.0.1:0",
-             "--record", str(self.actuator_record), "--announce", str(announce)],
+            [sys.executable, "-m", "mxrc", "actuator", "--listen",
+             f"{self.net.actuator_host}:0", "--record", str(self.actuator_record),
+             "--announce", str(announce)],
             stdout=log, stderr=log,
         )  # fmt: skip
         log.close()
@@ -144,45 +144,30 @@ class Cluster:
             time.sleep(0.05)
         self.actuator_port = int(orjson.loads(announce.read_bytes())["port"])
 
-    async def _start_links(self) -> None:
-        for a in self.nodes:
-            if self.settings.backend == "peers":
-                targets = [(f"{a.node_id}>{b.node_id}", b.peer_port) for b in self.nodes
-                           if b is not a]  # fmt: skip
-            elif self.etcd is not None:
-                targets = [(f"{a.node_id}>{m.name}", m.client_port) for m in self.etcd.members]
-            else:
-                targets = []
-            for name, port in targets:
-                await self.links.add(name, ("127.0.0.1", port))
-
-    def link_names(self) -> list[str]:
-        return [link.name for link in self.links]
-
-    def links_of(self, node_id: str) -> list[str]:
-        """Every link into or out of ``node_id`` (peers), or to etcd (etcd)."""
-        return [
-            name for name in self.link_names()
-            if name.startswith(f"{node_id}>") or name.endswith(f">{node_id}")
-        ]  # fmt: skip
-
-    def _config_text(self, node: DrillNode) -> str:
+    async def _config_text(self, node: DrillNode) -> str:
         s = self.settings
+        members: list[str] = []
+        endpoints: list[str] = ["127.0.0.1:2379"]
         if s.backend == "peers":
-            members = [
-                f"{other.node_id}=127.0.0.1:{self._peer_port_seen_by(node, other)}"
-                for other in self.nodes
-            ]
-            endpoints: list[str] = ["127.0.0.1:2379"]
+            for other in self.nodes:
+                if other is node:
+                    members.append(f"{node.node_id}={node.host}:{node.peer_port}")
+                else:
+                    host, port = await self.net.reach(
+                        node.node_id, other.node_id, other.peer_port, "peers"
+                    )
+                    members.append(f"{other.node_id}={host}:{port}")
         else:
-            members = []
             assert self.etcd is not None
-            own = int(node.node_id.rsplit("-", 1)[1]) - 1
-            order = [self.etcd.members[own], *(m for i, m in enumerate(self.etcd.members)
-                                               if i != own)]  # fmt: skip
-            endpoints = [
-                f"127.0.0.1:{self.links.get(f'{node.node_id}>{m.name}').port}" for m in order
-            ]
+            own = self.nodes.index(node)
+            order = [own, *(i for i in range(len(self.nodes)) if i != own)]
+            endpoints = []
+            for i in order:
+                host, port = await self.net.reach(
+                    node.node_id, self.nodes[i].node_id, self.etcd.members[i].client_port,
+                    "etcd",
+                )  # fmt: skip
+                endpoints.append(f"{host}:{port}")
         return "\n".join([
             "[node]", f'id = "{node.node_id}"', f'data_dir = "{node.data_dir}"',
             "[cycle]", f"period_ms = {s.period_ms}", "status_interval_s = 0.5",
@@ -197,16 +182,10 @@ class Cluster:
             f"members = {orjson.dumps(members).decode()}",
             f"etcd_endpoints = {orjson.dumps(endpoints).decode()}",
             f'etcd_prefix = "/mxrc-drill-{self.seed}-{os.getpid()}"', 'cell = "drill"',
-            "[api]", f"port = {node.api_port}",
+            "[api]", f'host = "{node.host}"', f"port = {node.api_port}",
             "[health]", "miss_rate_unhealthy = 0.05",
             "",
         ])  # fmt: skip
-
-    def _peer_port_seen_by(self, node: DrillNode, other: DrillNode) -> int:
-        """A node listens on its own port and reaches every other one through a link."""
-        if other is node:
-            return node.peer_port
-        return self.links.get(f"{node.node_id}>{other.node_id}").port
 
     # ------------------------------------------------------------------ node processes
 
@@ -224,7 +203,10 @@ class Cluster:
                 )
             await asyncio.sleep(0.05)
         node.token = (node.data_dir / "api-token").read_text().strip()
-        env = {"MXRC_ACTUATOR": f"127.0.0.1:{self.actuator_port}", "MXRC_NODE_ID": node.node_id}
+        env = {
+            "MXRC_ACTUATOR": f"{self.net.actuator_host}:{self.actuator_port}",
+            "MXRC_NODE_ID": node.node_id,
+        }
         node.rt = self._spawn(
             node, "rt", ["rt", "--node-id", node.node_id, "--config", str(node.config)], env
         )
@@ -237,7 +219,7 @@ class Cluster:
         log = (node.data_dir / f"{role}.log").open("ab")
         try:
             return subprocess.Popen(
-                [sys.executable, "-m", "mxrc", *args],
+                [*node.prefix, sys.executable, "-m", "mxrc", *args],
                 stdout=log,
                 stderr=log,
                 env={**os.environ, **(env or {})},
@@ -303,24 +285,38 @@ class Cluster:
     async def stop(self) -> None:
         """Clean stop of every node (nonrt first, as the units do), then the actuator,
         etcd and the links; SIGKILL for anything that does not stop in time."""
-        for node in self.nodes:
-            self.resume(node)
-        for role in ("nonrt", "rt"):
-            procs = [getattr(n, role) for n in self.nodes]
-            for proc in procs:
-                if proc is not None and proc.poll() is None:
-                    proc.send_signal(signal.SIGTERM)
-            for proc in procs:
-                if proc is not None:
-                    await _reap(proc)
-        if self.actuator is not None and self.actuator.poll() is None:
-            self.actuator.send_signal(signal.SIGTERM)
-            await _reap(self.actuator)
-        if self.etcd is not None:
-            self.etcd.stop()
-        await self.links.close()
-        if self._session is not None:
-            await self._session.close()
+        try:
+            for node in self.nodes:
+                self.resume(node)
+            for role in ("nonrt", "rt"):
+                procs = [getattr(n, role) for n in self.nodes]
+                for proc in procs:
+                    if proc is not None and proc.poll() is None:
+                        proc.send_signal(signal.SIGTERM)
+                for proc in procs:
+                    if proc is not None:
+                        await _reap(proc)
+            if self.actuator is not None and self.actuator.poll() is None:
+                self.actuator.send_signal(signal.SIGTERM)
+                await _reap(self.actuator)
+        finally:
+            try:
+                if self.etcd is not None:
+                    self.etcd.stop()
+            finally:
+                await self.net.close()  # whatever failed before: no namespace stays behind
+                if self._session is not None:
+                    await self._session.close()
+
+
+def choose_network(kind: str) -> Network:
+    """``namespaces`` (needs root and iproute2), ``proxies``, or ``auto``: namespaces
+    where they can be made, proxies otherwise."""
+    if kind == "proxies" or (kind == "auto" and not NamespaceNetwork.available()):
+        return ProxyNetwork()
+    if not NamespaceNetwork.available():
+        raise MxrcError("network namespaces need root and iproute2 ('ip'); use proxies")
+    return NamespaceNetwork()
 
 
 async def _reap(proc: subprocess.Popen[bytes]) -> None:

@@ -45,17 +45,24 @@ class EtcdMember:
     client_port: int
     peer_port: int
     data_dir: Path
+    host: str = "127.0.0.1"
+    prefix: tuple[str, ...] = ()  # e.g. ("ip", "netns", "exec", NS): where it runs
     process: subprocess.Popen[bytes] | None = None
 
     @property
     def endpoint(self) -> str:
-        return f"127.0.0.1:{self.client_port}"
+        return f"{self.host}:{self.client_port}"
 
 
 @dataclass
 class EtcdCluster:
+    """``hosts`` and ``prefixes`` (one per member) place members on other addresses or
+    in other network namespaces; by default they all listen on loopback."""
+
     root: Path
     size: int = 1
+    hosts: list[str] | None = None
+    prefixes: list[tuple[str, ...]] | None = None
     members: list[EtcdMember] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -63,8 +70,12 @@ class EtcdCluster:
         for i in range(self.size):
             name = f"etcd-{i + 1}"
             self.members.append(
-                EtcdMember(name, ports[2 * i], ports[2 * i + 1], self.root / name)
-            )
+                EtcdMember(
+                    name, ports[2 * i], ports[2 * i + 1], self.root / name,
+                    self.hosts[i] if self.hosts else "127.0.0.1",
+                    self.prefixes[i] if self.prefixes else (),
+                )
+            )  # fmt: skip
 
     @property
     def endpoints(self) -> list[str]:
@@ -73,23 +84,28 @@ class EtcdCluster:
     def start(self) -> None:
         if ETCD is None or ETCDCTL is None:
             raise MxrcError("etcd is not installed: run tools/setup (etcd-server, etcd-client)")
-        initial = ",".join(f"{m.name}=http://127.0.0.1:{m.peer_port}" for m in self.members)
+        initial = ",".join(f"{m.name}=http://{m.host}:{m.peer_port}" for m in self.members)
         for m in self.members:
             m.data_dir.mkdir(parents=True, exist_ok=True)
             log = (self.root / f"{m.name}.log").open("ab")
             m.process = subprocess.Popen(
                 [
+                    *m.prefix,
                     ETCD,
                     "--name", m.name,
                     "--data-dir", str(m.data_dir),
-                    "--listen-client-urls", f"http://127.0.0.1:{m.client_port}",
-                    "--advertise-client-urls", f"http://127.0.0.1:{m.client_port}",
-                    "--listen-peer-urls", f"http://127.0.0.1:{m.peer_port}",
-                    "--initial-advertise-peer-urls", f"http://127.0.0.1:{m.peer_port}",
+                    "--listen-client-urls", f"http://{m.host}:{m.client_port}",
+                    "--advertise-client-urls", f"http://{m.host}:{m.client_port}",
+                    "--listen-peer-urls", f"http://{m.host}:{m.peer_port}",
+                    "--initial-advertise-peer-urls", f"http://{m.host}:{m.peer_port}",
                     "--initial-cluster", initial,
                     "--initial-cluster-state", "new",
                     "--heartbeat-interval", "100",
                     "--election-timeout", "1000",
+                    # Without pre-vote (off by default in etcd 3.4) a member healed after
+                    # a partition returns with a higher term and deposes a healthy Raft
+                    # leader: the drills measured seconds of etcd unavailability from it.
+                    "--pre-vote",
                 ],
                 stdout=log,
                 stderr=log,

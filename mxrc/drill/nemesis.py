@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from mxrc.drill.cluster import Cluster
+from mxrc.drill.network import flap
 
 Heal = Callable[[], Awaitable[None]]
 
@@ -29,11 +30,10 @@ class Nemesis:
 
 
 async def _isolate_leader(cluster: Cluster, leader: str, rng: random.Random) -> Heal:
-    names = cluster.links_of(leader)
-    cluster.links.cut(names)
+    cluster.net.partition({leader})
 
     async def heal() -> None:
-        cluster.links.heal(names)
+        cluster.net.heal()
 
     return heal
 
@@ -42,18 +42,10 @@ async def _split(cluster: Cluster, leader: str, rng: random.Random) -> Heal:
     """The leader plus some followers (still a minority) against the rest."""
     others = [n.node_id for n in cluster.nodes if n.node_id != leader]
     minority_size = (len(cluster.nodes) - 1) // 2  # 3 nodes: the leader alone; 5: two
-    minority = {leader, *rng.sample(others, minority_size - 1)}
-    if cluster.settings.backend == "peers":
-        names = [
-            name for name in cluster.link_names()
-            if (name.split(">")[0] in minority) != (name.split(">")[1] in minority)
-        ]  # fmt: skip
-    else:  # the minority loses etcd (its members' quorum is on the other side)
-        names = [name for name in cluster.link_names() if name.split(">")[0] in minority]
-    cluster.links.cut(names)
+    cluster.net.partition({leader, *rng.sample(others, minority_size - 1)})
 
     async def heal() -> None:
-        cluster.links.heal(names)
+        cluster.net.heal()
 
     return heal
 
@@ -79,14 +71,13 @@ async def _pause_leader(cluster: Cluster, leader: str, rng: random.Random) -> He
 
 
 async def _flap(cluster: Cluster, leader: str, rng: random.Random) -> Heal:
-    names = cluster.links_of(leader)
     task = asyncio.create_task(
-        cluster.links.flap(names, period_s=0.4, duration_s=cluster.settings.ttl_s * 2, rng=rng)
+        flap(cluster.net, {leader}, 0.4, cluster.settings.ttl_s * 2, rng), name="flap"
     )
 
     async def heal() -> None:
         await task
-        cluster.links.heal(names)
+        cluster.net.heal()
 
     return heal
 

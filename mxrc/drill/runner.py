@@ -168,7 +168,7 @@ async def drill(
     injections: list[Injection] = []
     try:
         await cluster.start()
-        say("drill: cluster up; waiting for a leader")
+        say(f"drill: cluster up ({cluster.net.kind}); waiting for a leader")
         injections, problems = await run_rounds(
             cluster, nemeses, rounds, rng, hold_s or settings.ttl_s + 1.5, say
         )
@@ -179,7 +179,9 @@ async def drill(
     result = judge(out, injections, settings, problems)
     result.update(
         {"backend": settings.backend, "nodes": settings.size, "seed": seed,
-         "ttl_s": settings.ttl_s, "renew_interval_s": settings.renew_interval_s}
+         "network": cluster.net.kind, "network_name": cluster.net.name,
+         "ttl_s": settings.ttl_s,
+         "renew_interval_s": settings.renew_interval_s}
     )  # fmt: skip
     (out / "report.json").write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
     return result

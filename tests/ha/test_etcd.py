@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
@@ -51,6 +52,19 @@ def backend(cluster: EtcdCluster, node: str, timeout_s: float = 0.2) -> EtcdBack
     return EtcdBackend(node, cluster.endpoints, KEY, TERMS, timeout_s)
 
 
+@contextlib.asynccontextmanager
+async def two_nodes(cluster: EtcdCluster) -> AsyncIterator[tuple[EtcdBackend, EtcdBackend]]:
+    """node-a and node-b on the same etcd, both started, both closed afterwards."""
+    a, b = backend(cluster, "node-a"), backend(cluster, "node-b")
+    for x in (a, b):
+        await x.start()
+    try:
+        yield a, b
+    finally:
+        for x in (a, b):
+            await x.close()
+
+
 async def until(
     check: Callable[[], Awaitable[bool]], timeout_s: float, what: str, every_s: float = 0.05
 ) -> float:
@@ -66,10 +80,7 @@ def test_one_leader_token_is_the_create_revision_and_follower_names_it(
     etcd: EtcdCluster,
 ) -> None:
     async def main() -> None:
-        a, b = backend(etcd, "node-a"), backend(etcd, "node-b")
-        for x in (a, b):
-            await x.start()
-        try:
+        async with two_nodes(etcd) as (a, b):
             first = await a.renew()
             second = await b.renew()
             assert first.leader and first.quorum and first.token > 0
@@ -81,9 +92,6 @@ def test_one_leader_token_is_the_create_revision_and_follower_names_it(
             # counted from the renewal's start: within the call, never after it
             assert before + 1_800_000_000 <= again.deadline_ns <= after + 1_800_000_000
             assert again.deadline_ns > first.deadline_ns
-        finally:
-            for x in (a, b):
-                await x.close()
 
     asyncio.run(asyncio.wait_for(main(), 30))
 
@@ -92,10 +100,7 @@ def test_follower_takes_over_after_the_leader_stops_renewing_with_a_higher_token
     etcd: EtcdCluster,
 ) -> None:
     async def main() -> None:
-        a, b = backend(etcd, "node-a"), backend(etcd, "node-b")
-        for x in (a, b):
-            await x.start()
-        try:
+        async with two_nodes(etcd) as (a, b):
             lead = await a.renew()
             assert lead.leader
             silent_at = time.monotonic_ns()  # a stops renewing: crashed, frozen, cut off
@@ -111,19 +116,13 @@ def test_follower_takes_over_after_the_leader_stops_renewing_with_a_higher_token
             # etcd let b in only after a's own deadline had passed: never an overlap.
             assert time.monotonic_ns() > lead.deadline_ns
             assert time.monotonic_ns() - silent_at >= TERMS.ttl_s * 1e9 * 0.9
-        finally:
-            for x in (a, b):
-                await x.close()
 
     asyncio.run(asyncio.wait_for(main(), 30))
 
 
 def test_release_hands_over_at_once_and_the_watch_wakes_the_follower(etcd: EtcdCluster) -> None:
     async def main() -> None:
-        a, b = backend(etcd, "node-a"), backend(etcd, "node-b")
-        for x in (a, b):
-            await x.start()
-        try:
+        async with two_nodes(etcd) as (a, b):
             lead = await a.renew()
             assert lead.leader and not (await b.renew()).leader
             await asyncio.sleep(0.3)  # the watch is established
@@ -137,9 +136,6 @@ def test_release_hands_over_at_once_and_the_watch_wakes_the_follower(etcd: EtcdC
             assert not (await a.renew()).leader  # a stays down until resume()
             a.resume()
             assert not (await a.renew()).leader  # b holds it now
-        finally:
-            for x in (a, b):
-                await x.close()
 
     asyncio.run(asyncio.wait_for(main(), 30))
 

@@ -9,10 +9,6 @@ the control block as the cycle would read it, at the moment each record becomes 
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -30,63 +26,9 @@ from mxrc.segments import Record
 from mxrc.service.controller import Controller
 from mxrc.service.ports import BadInput, NotPermitted
 from mxrc.statemachine import TriggerRejected
+from tests.service.api_support import RtChild, write_config
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def write_config(tmp: Path, name: str, **sections: dict[str, Any]) -> Path:
-    """A TOML file for both the controller and the ``mxrc rt`` child."""
-    doc: dict[str, dict[str, Any]] = {
-        "node": {"id": name, "data_dir": str(tmp / name)},
-        "rt": {
-            "shm_dir": str(tmp / "shm"),
-            "shm_prefix": f"mxrc-t{os.getpid()}",
-            "hold_dma_latency": False,
-            "attach_wait_s": 10.0,
-            "status_every_cycles": 20,
-        },
-        "nonrt": {"rt_silence_s": 0.5},
-        "cycle": {"status_interval_s": 0.2},
-        "api": {"port": 0},
-    }
-    for section, values in sections.items():
-        doc.setdefault(section, {}).update(values)
-    (tmp / "shm").mkdir(exist_ok=True)
-    lines = []
-    for section, values in doc.items():
-        lines.append(f"[{section}]")
-        for key, value in values.items():
-            if isinstance(value, bool):
-                text = "true" if value else "false"
-            elif isinstance(value, str):
-                text = f'"{value}"'
-            else:
-                text = repr(value)
-            lines.append(f"{key} = {text}")
-    path = tmp / f"{name}.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-class Rt:
-    """A real ``mxrc rt`` child process, killed by PID when the test ends."""
-
-    def __init__(self, config_file: Path) -> None:
-        self.config_file = config_file
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mxrc", "rt", "--config", str(self.config_file)],
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
 
 
 async def until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
@@ -99,15 +41,15 @@ async def until(predicate: Callable[[], bool], timeout: float, what: str) -> Non
 
 def scenario(
     tmp: Path,
-    body: Callable[[Controller, Rt, Config], Awaitable[None]],
+    body: Callable[[Controller, RtChild, Config], Awaitable[None]],
     *,
     with_rt: bool = True,
     controller_kwargs: dict[str, Any] | None = None,
     **sections: dict[str, Any],
 ) -> Controller:
-    config_file = write_config(tmp, "n1", **sections)
+    config_file = write_config(tmp, "n1", {"cycle": {"status_interval_s": 0.2}, **sections})
     config = load_config(config_file)
-    rt = Rt(config_file)
+    rt = RtChild(config_file)
     controller = Controller(config, notice=lambda _line: None, **(controller_kwargs or {}))
 
     async def main() -> None:
@@ -151,7 +93,7 @@ def test_start_is_durable_before_the_block_permits_and_stop_holds_before_the_rec
 ) -> None:
     seen: dict[str, tuple[Mode, int, int]] = {}
 
-    async def body(c: Controller, rt: Rt, config: Config) -> None:
+    async def body(c: Controller, rt: RtChild, config: Config) -> None:
         def at_record(record: Record) -> None:
             if record["type"] == "transition":
                 seen[record["payload"]["trigger"]] = control_mode(config)
@@ -174,7 +116,7 @@ def test_start_is_durable_before_the_block_permits_and_stop_holds_before_the_rec
 
 
 def test_killed_rt_faults_to_safe_mode_and_reset_waits_for_it(tmp_path: Path) -> None:
-    async def body(c: Controller, rt: Rt, config: Config) -> None:
+    async def body(c: Controller, rt: RtChild, config: Config) -> None:
         await until(lambda: c.node.state == "READY", 20, "READY")
         await c.command("start", actor="test", cause=None, traceparent="")
         await until(lambda: bool(c.latest and c.latest.driving), 10, "driving")
@@ -197,7 +139,7 @@ def test_killed_rt_faults_to_safe_mode_and_reset_waits_for_it(tmp_path: Path) ->
 
 
 def test_deadline_miss_burst_faults_the_node(tmp_path: Path) -> None:
-    async def body(c: Controller, rt: Rt, config: Config) -> None:
+    async def body(c: Controller, rt: RtChild, config: Config) -> None:
         await until(lambda: c.node.state == "READY", 20, "READY")
         await c.command("start", actor="test", cause=None, traceparent="")
         await until(lambda: c.node.state == "SAFE_MODE", 10, "SAFE_MODE on the miss burst")
@@ -253,7 +195,7 @@ def test_lease_loss_holds_outputs_before_the_fault_is_journalled(tmp_path: Path)
     backend = SwitchableBackend()
     seen: list[Mode] = []
 
-    async def body(c: Controller, rt: Rt, config: Config) -> None:
+    async def body(c: Controller, rt: RtChild, config: Config) -> None:
         def at_record(record: Record) -> None:
             if record["type"] == "transition" and record["payload"]["trigger"] == "fault":
                 seen.append(control_mode(config)[0])
@@ -292,7 +234,7 @@ def test_start_without_leadership_is_403_and_journalled(tmp_path: Path) -> None:
     backend = SwitchableBackend()
     backend.leader = False
 
-    async def body(c: Controller, rt: Rt, config: Config) -> None:
+    async def body(c: Controller, rt: RtChild, config: Config) -> None:
         await until(lambda: c.node.state == "READY", 20, "READY")
         with pytest.raises(NotPermitted, match="not leader"):
             await c.command("start", actor="test", cause=None, traceparent="")
@@ -361,7 +303,7 @@ def test_critical_key_is_journalled_then_written_and_survives_restart(tmp_path: 
 def test_events_paging_and_the_live_stream(tmp_path: Path) -> None:
     streamed: list[Record] = []
 
-    async def body(c: Controller, rt: Rt, config: Config) -> None:
+    async def body(c: Controller, rt: RtChild, config: Config) -> None:
         async def reader() -> None:
             async for record in c.subscribe():
                 streamed.append(record)

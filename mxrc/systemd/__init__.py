@@ -1,0 +1,1 @@
+"""Fitting the host: systemd units rendered from the one configuration."""
