@@ -25,10 +25,11 @@ import random
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from mxrc.drill.cluster import DrillSettings
 from mxrc.drill.nemesis import NEMESES, by_name
-from mxrc.drill.runner import drill
+from mxrc.drill.runner import drill, rejudge
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -67,6 +68,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--out", type=Path, help="output directory (default: a new temp dir)")
     parser.add_argument("--list", action="store_true", help="list the nemeses and exit")
+    parser.add_argument(
+        "--judge",
+        type=Path,
+        metavar="DIR",
+        help="judge a finished drill's output again from its files (nothing is started)",
+    )
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error(f"--rounds must be at least 1, got {args.rounds}")
@@ -81,6 +88,12 @@ def main(argv: list[str] | None = None) -> int:
         for n in NEMESES:
             print(f"{n.name:<18} {n.help} [{', '.join(sorted(n.backends))}]")
         return 0
+    if args.judge is not None:
+        if not (args.judge / "report.json").is_file():
+            print(f"tools/partition.py: --judge {args.judge}: no report.json there",
+                  file=sys.stderr)  # fmt: skip
+            return 2
+        return summarize(rejudge(args.judge), args.judge)
     try:
         nemeses = by_name(args.nemesis, args.backend)
     except ValueError as exc:
@@ -106,6 +119,11 @@ def main(argv: list[str] | None = None) -> int:
         drill(out, settings, nemeses, rounds=args.rounds, seed=seed,
               say=lambda line: print(line, flush=True))
     )  # fmt: skip
+    return summarize(result, out)
+
+
+def summarize(result: dict[str, Any], out: Path) -> int:
+    seed = result.get("seed")
     print(f"drill: {'OK' if result['ok'] else 'FAILED'}: {len(result['rounds'])} rounds, "
           f"{result['leaderships']} leaderships, actuator accepted "
           f"{result['actuator']['accepted']}, refused "

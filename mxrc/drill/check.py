@@ -83,16 +83,21 @@ def round_figures(
     injection: Injection,
     records: Sequence[Record],
     writes: Sequence[Mapping[str, Any]] = (),
+    until_ns: int | None = None,
 ) -> RoundFigures:
     """Failover as the logs tell it: the first lease and the first RUNNING of a node
     other than the target after the injection, and when the target left RUNNING; and
     from the actuator's ``writes`` (its record's write lines), when the target's last
-    accepted command arrived (0 when none came after the injection)."""
+    accepted command arrived (0 when none came after the injection). Only records
+    before ``until_ns`` (the next round's injection) belong to this round: a fault that
+    needed no failover must not be credited with the next round's."""
     lease_at = running_at = safe_at = None
     new_leader = None
     for r in records:
         if r["wall_ns"] < injection.injected_ns:
             continue
+        if until_ns is not None and r["wall_ns"] >= until_ns:
+            break
         node, payload = r["node"], r["payload"]
         if node != injection.target:
             if lease_at is None and r["type"] == "lease" and payload.get("leader"):
@@ -149,6 +154,21 @@ def distribution(values: Sequence[float | None]) -> dict[str, Any]:
         "p99_s": round(rank(0.99), 3),
         "max_s": round(present[-1], 3),
     }
+
+
+def all_round_figures(
+    injections: Sequence[Injection],
+    records: Sequence[Record],
+    writes: Sequence[Mapping[str, Any]] = (),
+) -> list[RoundFigures]:
+    """Every round's figures, each bounded by the next round's injection. ``records``
+    must be in wall-clock order (as :func:`mxrc.replay.iter_records` merges them)."""
+    ordered = sorted(injections, key=lambda i: i.injected_ns)
+    bounds = [i.injected_ns for i in ordered[1:]] + [None]
+    return [
+        round_figures(i, records, writes, until)
+        for i, until in zip(ordered, bounds, strict=True)
+    ]
 
 
 def figures_by_nemesis(rounds: Sequence[RoundFigures]) -> dict[str, dict[str, Any]]:

@@ -100,8 +100,11 @@ class EtcdCluster:
                     "--initial-advertise-peer-urls", f"http://{m.host}:{m.peer_port}",
                     "--initial-cluster", initial,
                     "--initial-cluster-state", "new",
-                    "--heartbeat-interval", "100",
-                    "--election-timeout", "1000",
+                    # An etcd election must fit well inside our lease (TTL 2 s, the
+                    # deadline 1.8 s after a renewal): with etcd's defaults (100 ms /
+                    # 1 s) losing etcd's own leader cost ours too, in the drills.
+                    "--heartbeat-interval", "50",
+                    "--election-timeout", "500",
                     # Without pre-vote (off by default in etcd 3.4) a member healed after
                     # a partition returns with a higher term and deposes a healthy Raft
                     # leader: the drills measured seconds of etcd unavailability from it.

@@ -24,9 +24,9 @@ from mxrc.drill import fencing
 from mxrc.drill.check import (
     Injection,
     actuator_problems,
+    all_round_figures,
     figures_by_nemesis,
     lease_grants,
-    round_figures,
 )
 from mxrc.drill.cluster import Cluster, DrillSettings
 from mxrc.drill.nemesis import Nemesis
@@ -120,7 +120,7 @@ def judge(
         actuator = fencing.check(fencing.parse_record(f)).to_json()
     problems += actuator_problems(actuator)
     writes = _actuator_writes(out / "actuator.jsonl")
-    figures = [round_figures(i, records, writes) for i in injections]
+    figures = all_round_figures(injections, records, writes)
     timeline = out / "timeline.html"
     timeline.write_text(
         render_html(build_timeline(logs), title=f"mxrc drill ({settings.backend})"),
@@ -144,6 +144,25 @@ def judge(
         "by_nemesis": figures_by_nemesis(figures),
         "timeline": str(timeline),
     }
+
+
+def rejudge(out: Path) -> dict[str, Any]:
+    """Judge a finished drill's directory again, from its files alone (for instance
+    with a newer checker); the verdict replaces ``report.json``."""
+    previous = orjson.loads((out / "report.json").read_bytes())
+    settings = DrillSettings(
+        backend=previous["backend"], size=previous["nodes"], ttl_s=previous["ttl_s"],
+        renew_interval_s=previous["renew_interval_s"],
+    )  # fmt: skip
+    with (out / "nemesis.jsonl").open("rb") as f:
+        injections = [Injection(**orjson.loads(line)) for line in f if line.strip()]
+    kept = [p for p in previous["problems"] if p.startswith(("round ", "drill aborted"))]
+    result = judge(out, injections, settings, kept)
+    result.update({k: previous[k] for k in ("backend", "nodes", "seed", "network",
+                                            "network_name", "ttl_s", "renew_interval_s")
+                   if k in previous})  # fmt: skip
+    (out / "report.json").write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
+    return result
 
 
 def _actuator_writes(path: Path) -> list[dict[str, Any]]:
