@@ -96,6 +96,10 @@ def run(args: argparse.Namespace) -> int:
             record = json.loads(response.read())
     except urllib.error.HTTPError as exc:
         answer = json.loads(exc.read() or b"{}")
+        if args.trigger == "safe_mode" and answer.get("state") == "SAFE_MODE":
+            # The goal, not the transition: already safe (and its lease already released)
+            print(f"safe_mode: already in SAFE_MODE (seq {answer.get('seq')})")
+            return 0
         raise CommandRefusedError(
             f"{args.trigger} refused ({exc.code}): {answer.get('error', exc.reason)}"
         ) from None

@@ -238,6 +238,9 @@ def test_mxrc_command_drives_the_running_node_and_reports_refusals(
     stopped = command("safe_mode", "--cause", "guard door open")
     assert stopped.returncode == 0 and "RUNNING → SAFE_MODE" in stopped.stdout
     assert api.get("/v1/state")["cause"] == "guard door open"
+    again_safe = command("safe_mode", "--cause", "mxrc-rt.service failed")  # idempotent
+    assert again_safe.returncode == 0 and "already in SAFE_MODE" in again_safe.stdout
+    assert api.get("/v1/state")["cause"] == "guard door open"  # the first cause stands
     p.send_signal(signal.SIGTERM)
     p.communicate(timeout=40)
 

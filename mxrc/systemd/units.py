@@ -32,6 +32,7 @@ UNITS: Mapping[str, str] = {
     "mxrc-nonrt.service.in": "mxrc-nonrt.service",
     "mxrc-rt.service.in": "mxrc-rt.service",
     "mxrc.target.in": "mxrc.target",
+    "mxrc-failover@.service.in": "mxrc-failover@.service",
     "journald-mxrc.conf.in": "journald-mxrc.conf",
 }
 

@@ -45,6 +45,13 @@ def test_values_come_from_the_configuration_and_the_placement(tmp_path: Path) ->
     assert rt["CPUAffinity"] == "3" and nonrt["CPUAffinity"] == "0-2"
     assert rt["WatchdogSec"] == nonrt["WatchdogSec"] == "4"
     assert rt["StartLimitBurst"] == "3" and rt["Requires"] == "mxrc-nonrt.service"
+    # restarts exhausted: the failover unit makes nonrt step down (SAFE_MODE, lease gone)
+    assert rt["OnFailure"] == "mxrc-failover@%n.service"
+    failover = keys(units["mxrc-failover@.service"])
+    assert failover["ExecStart"] == (
+        f'/usr/bin/python3 -m mxrc command safe_mode --cause "%i failed" '
+        f"--config {tmp_path / 'mxrc.toml'}"
+    )
     assert nonrt["ExecStart"] == f"/usr/bin/python3 -m mxrc nonrt --config {tmp_path / 'mxrc.toml'}"
     assert "/srv/mxrc" in nonrt["ReadWritePaths"]
     assert "$" not in "".join(units.values())  # every field was filled
@@ -70,7 +77,8 @@ def unit_dir(tmp_path: Path) -> Path:
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
     assert sorted(p.name for p in out.iterdir()) == [
-        "journald-mxrc.conf", "mxrc-nonrt.service", "mxrc-rt.service", "mxrc.target",
+        "journald-mxrc.conf", "mxrc-failover@.service", "mxrc-nonrt.service",
+        "mxrc-rt.service", "mxrc.target",
     ]  # fmt: skip
     return out
 
@@ -82,7 +90,8 @@ def analyze(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_systemd_analyze_verify_finds_nothing(unit_dir: Path) -> None:
-    units = [str(unit_dir / n) for n in ("mxrc-nonrt.service", "mxrc-rt.service", "mxrc.target")]
+    names = ("mxrc-nonrt.service", "mxrc-rt.service", "mxrc.target", "mxrc-failover@.service")
+    units = [str(unit_dir / n) for n in names]
     result = analyze("verify", *units)
     # a misspelt key only warns on stderr with exit 0: stderr must be empty too
     assert result.returncode == 0 and result.stderr == "", result.stderr
@@ -95,7 +104,10 @@ def test_verify_would_see_a_misspelt_key(unit_dir: Path) -> None:
     assert "WatchdogSecs" in result.stderr  # so the clean run above means something
 
 
-@pytest.mark.parametrize(("unit", "limit"), [("mxrc-nonrt.service", 2.0), ("mxrc-rt.service", 3.0)])
+@pytest.mark.parametrize(
+    ("unit", "limit"),
+    [("mxrc-nonrt.service", 2.0), ("mxrc-rt.service", 3.0), ("mxrc-failover@.service", 2.0)],
+)
 def test_security_exposure_is_within_the_limit(unit_dir: Path, unit: str, limit: float) -> None:
     result = analyze("security", "--offline=true", str(unit_dir / unit))
     found = re.search(r"Overall exposure level for \S+: (\d+\.\d)", result.stdout)
