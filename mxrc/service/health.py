@@ -238,6 +238,23 @@ def evaluate(inputs: HealthInputs, t: Thresholds) -> HealthReport:
     return HealthReport(worst(c.status for c in checks.values()), MappingProxyType(checks))
 
 
+#: What restarting mxrc-nonrt can cure: a failed event log (it refuses appends until a
+#: restart) and a stuck EventBus. A dead or missing RT process, a lost lease or a stalled
+#: ring are not cured by restarting nonrt, and a watchdog restart loop would only take
+#: the admin API away from the operator who needs it to see why.
+WATCHDOG_CHECKS: frozenset[str] = frozenset({"event_log", "event_bus"})
+
+
+def watchdog_ok(report: HealthReport) -> bool:
+    """Whether nonrt may feed its watchdog: none of the checks a restart cures is
+    unhealthy (its loop progressing is checked by the caller)."""
+    return all(
+        check.status != Status.UNHEALTHY
+        for name, check in report.checks.items()
+        if name in WATCHDOG_CHECKS
+    )
+
+
 def readiness(report: HealthReport, state: str) -> tuple[bool, str]:
     """Ready when no check is unhealthy and the chart is READY or RUNNING; the reason
     names the first unhealthy check, else the state."""

@@ -23,7 +23,7 @@ from mxrc.rt.sched import allowed_cpus, default_cpu, housekeeping_cpus
 from mxrc.service.api import build_app
 from mxrc.service.auth import load_or_create_token
 from mxrc.service.controller import Controller
-from mxrc.service.health import Status
+from mxrc.service.health import watchdog_ok
 from mxrc.service.notify import Notifier, WatchdogGate
 from mxrc.service.options import add_node_options, config_from_args
 
@@ -39,8 +39,8 @@ API (GET /health /ready /metrics, /v1/..., the page at /). Mutating calls need
 <data_dir>/api-token, created with mode 0600 when absent).
 
 Under systemd (Type=notify) it sends READY=1 once the API listens, STATUS= lines, and
-WATCHDOG=1 at half of WatchdogSec only while its loop progresses and no health check is
-unhealthy. SIGTERM / SIGINT: outputs held, final events journalled, checkpoint written.
+WATCHDOG=1 at half of WatchdogSec only while its loop progresses and nothing a restart
+would cure (event log, event bus) is unhealthy. SIGTERM / SIGINT: outputs held, final events journalled, checkpoint written.
 
 examples:
   mxrc nonrt --data-dir /var/lib/mxrc --api-port 8780
@@ -142,14 +142,15 @@ def api_url(runner: web.AppRunner, host: str) -> str:
 
 
 async def watch(controller: Controller, notifier: Notifier, stop: asyncio.Event) -> None:
-    """Ping the watchdog while healthy and progressing; STATUS= every few seconds."""
+    """Ping the watchdog while the loop progresses and nothing a restart would cure is
+    unhealthy (:func:`mxrc.service.health.watchdog_ok`); STATUS= every few seconds."""
     gate = WatchdogGate(notifier.watchdog_interval_s or DEFAULT_WATCHDOG_GATE_S)
     next_status = time.monotonic() + STATUS_EVERY_S
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), WATCH_INTERVAL_S)
         now = time.monotonic()
-        healthy = controller.health().status != Status.UNHEALTHY
+        healthy = watchdog_ok(controller.health())
         if notifier.watchdog_interval_s and gate.should_ping(now, controller.loop_ticks, healthy):
             notifier.watchdog()
         if now >= next_status:
@@ -157,12 +158,19 @@ async def watch(controller: Controller, notifier: Notifier, stop: asyncio.Event)
             notifier.status(controller.status_line())
 
 
+def online_cpus() -> frozenset[int]:
+    try:
+        return parse_cpulist(Path("/sys/devices/system/cpu/online").read_text())
+    except (OSError, ValueError):
+        return frozenset()
+
+
 def place_process(config: Config) -> str:
     """Move this process off the RT CPU before any thread exists (threads inherit the
     affinity of the thread that creates them)."""
     rt_cpu = int(config["rt.cpu"])
-    if rt_cpu < 0:
-        rt_cpu = default_cpu()
+    if rt_cpu < 0:  # mxrc rt's default, the last CPU: of the machine, not of this process
+        rt_cpu = max(online_cpus() or {default_cpu()})  # (a unit may confine this one)
     configured = str(config["nonrt.cpus"])
     cpus, why = housekeeping_cpus(
         allowed_cpus(), rt_cpu, parse_cpulist(configured) if configured else frozenset()

@@ -16,6 +16,7 @@ from mxrc.service.health import (
     evaluate,
     miss_rate,
     readiness,
+    watchdog_ok,
 )
 
 S = 1_000_000_000
@@ -269,3 +270,14 @@ def test_not_ready_names_the_first_unhealthy_check() -> None:
         {"lease": Check(Status.DEGRADED, "follower"), "event_log": Check(Status.UNHEALTHY, "x")},
     )
     assert readiness(only_log, "READY") == (False, "event_log unhealthy: x")
+
+
+def test_the_watchdog_is_fed_unless_a_restart_would_cure_something() -> None:
+    assert watchdog_ok(evaluate(GOOD, T))
+    dead_rt = replace(GOOD, last_ring_record_ns=NOW - 30 * S, shm_valid=False, shm_problem="x")
+    assert evaluate(dead_rt, T).status == Status.UNHEALTHY
+    assert watchdog_ok(evaluate(dead_rt, T))  # restarting nonrt would not bring rt back
+    no_lease = replace(GOOD, leader=False, quorum=False, lease_remaining_s=None)
+    assert watchdog_ok(evaluate(no_lease, T))
+    failed_log = replace(GOOD, log_writable=False, log_problem="fsync failed: EIO")
+    assert not watchdog_ok(evaluate(failed_log, T))  # only a restart reopens the log

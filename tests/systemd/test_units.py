@@ -1,6 +1,6 @@
 """The units as rendered from a configuration, checked offline by the real
-``systemd-analyze`` (verify, and the security exposure score). Tests under a running
-systemd are not built yet."""
+``systemd-analyze`` (verify, and the security exposure score); under a running systemd
+in test_under_systemd.py."""
 
 from __future__ import annotations
 

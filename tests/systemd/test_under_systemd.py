@@ -1,0 +1,190 @@
+"""The rendered units under a real systemd (252, booted in namespaces for the test):
+mxrc.target comes up, the cycle runs SCHED_FIFO on its CPU, a frozen cycle is
+restarted by the watchdog and the node comes back in SAFE_MODE, stopping nonrt stops
+rt, and a crash loop ends at StartLimitBurst with the hand-off unit run.
+
+Accommodations of the test machine, named here: the units run as root (no ``mxrc``
+user exists on a test machine; tools/install creates it in production); the data
+directory is created first (tools/install does that too: ReadWritePaths= needs it);
+and when the interpreter or the code under test lives below /root, /home or /tmp
+(a developer's pyenv, a checkout in /tmp) the units get ``ProtectHome=read-only``
+and ``PrivateTmp=no`` appended, since those settings would hide the code from the
+service. In production the code is in /opt/mxrc."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+import mxrc
+from mxrc.config import load_config
+from mxrc.systemd.units import host_placement, load_templates, render, unit_values
+from tests.systemd.namespaced import NamespacedSystemd, namespaced_systemd
+
+RT_PRIORITY = 80
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def until(what: Callable[[], object], timeout_s: float, why: str) -> float:
+    start = time.monotonic()
+    while not what():
+        if time.monotonic() - start > timeout_s:
+            raise AssertionError(f"not within {timeout_s} s: {why}")
+        time.sleep(0.1)
+    return time.monotonic() - start
+
+
+@pytest.fixture
+def node() -> Iterator[tuple[NamespacedSystemd, Path]]:
+    work = Path(f"/var/lib/mxrc-systemd-test-{os.getpid()}")  # outside /tmp on purpose
+    work.mkdir(parents=True, exist_ok=False)
+    try:
+        (work / "var").mkdir()
+        config_path = work / "mxrc.toml"
+        config_path.write_text(
+            f'[node]\ndata_dir = "{work / "var"}"\n'
+            f'[rt]\nshm_prefix = "mxrc-sd{os.getpid()}"\npriority = {RT_PRIORITY}\n'
+            f"[api]\nport = {free_port()}\n"
+            '[systemd]\nuser = "root"\ngroup = "root"\nwatchdog_s = 2.0\nrestart_sec = 1.0\n'
+            "start_limit_burst = 3\nstart_limit_interval_s = 60.0\n"
+        )
+        config = load_config(config_path)
+        units = render(
+            load_templates(), unit_values(config, config_path, host_placement(config))
+        )
+        code = [Path(mxrc.__file__).resolve(), Path(sys.executable).resolve(), Path(sys.prefix)]
+        hidden = ""
+        if any(str(p).startswith(("/root/", "/home/")) for p in code):
+            hidden += "ProtectHome=read-only\n"
+        if any(str(p).startswith("/tmp/") for p in code):
+            hidden += "PrivateTmp=no\n"
+        if hidden:
+            for name in ("mxrc-nonrt.service", "mxrc-rt.service", "mxrc-failover@.service"):
+                units[name] += f"\n[Service]\n{hidden}"
+        units.pop("journald-mxrc.conf")
+        with namespaced_systemd(work / "systemd", units) as system:
+            yield system, work
+    finally:
+        for path in sorted(work.rglob("*"), key=lambda p: -len(p.parts)):
+            if path.is_dir():
+                path.rmdir()
+            else:
+                path.unlink()
+        work.rmdir()
+
+
+def api(work: Path, path: str, method: str = "GET") -> dict[str, object]:
+    info = json.loads((work / "var" / "nonrt.json").read_text())
+    token = Path(info["token_file"]).read_text().strip()
+    request = urllib.request.Request(
+        info["api"] + path, method=method, headers={"Authorization": f"Bearer {token}"}
+    )
+    with urllib.request.urlopen(request, timeout=5) as r:
+        result: dict[str, object] = json.loads(r.read())
+        return result
+
+
+def state(work: Path) -> object:
+    try:
+        return api(work, "/v1/state")["state"]
+    except (OSError, ValueError):
+        return None
+
+
+def active(system: NamespacedSystemd, *units: str) -> bool:
+    return all(
+        system.systemctl("is-active", u, check=False).stdout.strip() == "active" for u in units
+    )
+
+
+def fifo_threads(pid: int) -> dict[int, tuple[int, set[int]]]:
+    """SCHED_FIFO threads of ``pid``: tid → (priority, affinity), as the host sees them."""
+    found = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        t = int(tid)
+        if os.sched_getscheduler(t) == os.SCHED_FIFO:
+            found[t] = (os.sched_getparam(t).sched_priority, os.sched_getaffinity(t))
+    return found
+
+
+def test_units_run_under_a_real_systemd(node: tuple[NamespacedSystemd, Path]) -> None:
+    system, work = node
+    started = time.monotonic()
+    system.systemctl("start", "mxrc.target")
+    until(lambda: active(system, "mxrc-nonrt.service", "mxrc-rt.service"), 10, "both active")
+    assert time.monotonic() - started <= 10  # systemctl start included
+
+    # the cycle thread: SCHED_FIFO 80 on the RT CPU, from the host's point of view
+    rt_pid = system.host_pid("mxrc-rt.service")
+    rt_cpu = host_placement(load_config(work / "mxrc.toml")).rt_cpu
+    until(lambda: fifo_threads(rt_pid), 5, "a SCHED_FIFO thread in mxrc rt")
+    assert (RT_PRIORITY, {rt_cpu}) in fifo_threads(rt_pid).values()
+
+    until(lambda: state(work) == "READY", 15, "the node READY")
+    api(work, "/v1/commands/start", "POST")
+    until(lambda: state(work) == "RUNNING", 5, "RUNNING")
+
+    # a frozen cycle: the watchdog (2 s) restarts mxrc-rt; the node comes back in SAFE_MODE
+    os.kill(rt_pid, signal.SIGSTOP)
+    until(lambda: int(system.show("mxrc-rt.service", "NRestarts")["NRestarts"]) >= 1, 15,
+          "a watchdog restart")  # fmt: skip
+    until(lambda: active(system, "mxrc-rt.service"), 10, "mxrc-rt active again")
+    assert "watchdog" in system.journal("-u", "mxrc-rt.service").lower()
+    view = api(work, "/v1/state")
+    assert view["state"] == "SAFE_MODE", view
+    assert str(view["cause"]).startswith("rt_"), view  # rt_lost or rt_restart, journalled
+
+    # journald has the services' lines with their unit
+    lines = system.journal("-u", "mxrc-nonrt.service", "-o", "json").splitlines()
+    entries = [json.loads(line) for line in lines if line]
+    assert any(
+        e.get("_SYSTEMD_UNIT") == "mxrc-nonrt.service" and "admin API" in str(e.get("MESSAGE"))
+        for e in entries
+    )
+
+    # Requires=: stopping nonrt stops rt
+    system.systemctl("stop", "mxrc-nonrt.service")
+    until(lambda: not active(system, "mxrc-rt.service"), 15, "mxrc-rt stopped with nonrt")
+
+
+def test_a_crash_loop_stops_at_the_burst_and_hands_over(
+    node: tuple[NamespacedSystemd, Path],
+) -> None:
+    system, work = node
+    system.systemctl("start", "mxrc.target")
+    until(lambda: active(system, "mxrc-nonrt.service", "mxrc-rt.service"), 10, "both active")
+    until(lambda: state(work) == "READY", 15, "the node READY")
+    for _ in range(6):  # more kills than StartLimitBurst=3 allows restarts
+        pid = system.host_pid("mxrc-rt.service")
+        if pid:
+            os.kill(pid, signal.SIGKILL)
+        time.sleep(1.5)
+    until(lambda: system.systemctl("is-failed", "mxrc-rt.service", check=False).stdout.strip()
+          == "failed", 20, "mxrc-rt failed for good")  # fmt: skip
+    restarts = int(system.show("mxrc-rt.service", "NRestarts")["NRestarts"])
+    assert restarts <= 3
+    until(lambda: "mxrc-failover@" in system.systemctl("list-units", "--all", "--no-legend",
+          "mxrc-failover@*").stdout, 10, "the hand-off unit ran")  # fmt: skip
+    handed_over = system.journal("-u", "mxrc-failover@*")
+    assert "already in SAFE_MODE" in handed_over or "→ SAFE_MODE" in handed_over, handed_over
+    # nonrt stays up to say why (its watchdog does not punish it for a dead rt)
+    time.sleep(3)
+    assert active(system, "mxrc-nonrt.service")
+    assert int(system.show("mxrc-nonrt.service", "NRestarts")["NRestarts"]) == 0
+    view = api(work, "/v1/state")
+    assert view["state"] == "SAFE_MODE" and not view["leader"], view  # stepped down
