@@ -40,7 +40,8 @@ API (GET /health /ready /metrics, /v1/..., the page at /). Mutating calls need
 
 Under systemd (Type=notify) it sends READY=1 once the API listens, STATUS= lines, and
 WATCHDOG=1 at half of WatchdogSec only while its loop progresses and nothing a restart
-would cure (event log, event bus) is unhealthy. SIGTERM / SIGINT: outputs held, final events journalled, checkpoint written.
+would cure (event log, event bus) is unhealthy. SIGTERM / SIGINT: outputs held, final
+events journalled, checkpoint written.
 
 examples:
   mxrc nonrt --data-dir /var/lib/mxrc --api-port 8780
