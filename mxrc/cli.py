@@ -15,7 +15,7 @@ from mxrc import __version__, chart_cli, command_cli, log_cli, replay_cli, rt_cl
 from mxrc.drill import actuator
 from mxrc.errors import MxrcError
 from mxrc.service import nonrt_cli
-from mxrc.systemd import units_cli
+from mxrc.systemd import monitor, units_cli
 
 DESCRIPTION = """\
 mxrc: a runtime for robot controllers. The controller's safety state (INIT, READY,
@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     modules = (
         runner, command_cli, nonrt_cli, replay_cli, chart_cli, log_cli, rt_cli, actuator,
-        units_cli,
+        units_cli, monitor,
     )  # fmt: skip
     for module in modules:
         module.add_parser(sub)

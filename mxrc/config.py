@@ -212,9 +212,11 @@ SCHEMA: Mapping[str, Mapping[str, Key]] = {
             str, "2G", "MemoryMax= of mxrc-rt (bytes, or K/M/G/T suffixed)", _size
         ),
         "ip_allow": Key(
-            list, [], "more IPAddressAllow= prefixes for nonrt (e.g. the API's clients)",
+            list, [], "more IPAddressAllow= prefixes for nonrt and the monitor (clients)",
             _strings,
         ),
+        "monitor_host": Key(str, "127.0.0.1", "address of mxrc monitor's /metrics"),
+        "monitor_port": Key(int, 9558, "port of mxrc monitor's /metrics", _between(1, 65535)),
     },
     "health": {
         "window_s": Key(float, 10.0, "window of the deadline-miss rate", _at_least(0.1)),

@@ -97,3 +97,12 @@ def test_benchmarks_refuse_tmpfs(script: str) -> None:
     assert proc.returncode == 2
     assert proc.stdout == ""
     assert "tmpfs" in proc.stderr and "--allow-tmpfs" in proc.stderr
+
+
+def test_boot_time_benchmark_reports_both_variants() -> None:
+    out = run_bench("boot_time.py", "--runs", "1", timeout=120)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    for variant in ("default_dependencies", "default_dependencies_no"):
+        assert 0 < result[variant]["min_s"] <= result[variant]["max_s"] < 30
+    assert result["ratio_no_default_dependencies"] > 0

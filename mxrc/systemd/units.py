@@ -33,6 +33,7 @@ UNITS: Mapping[str, str] = {
     "mxrc-rt.service.in": "mxrc-rt.service",
     "mxrc.target.in": "mxrc.target",
     "mxrc-failover@.service.in": "mxrc-failover@.service",
+    "mxrc-monitor.service.in": "mxrc-monitor.service",
     "journald-mxrc.conf.in": "journald-mxrc.conf",
 }
 
@@ -113,6 +114,11 @@ def unit_values(
         "data_dir": str(config.data_dir.resolve()),
         "shm_dir": str(Path(str(config["rt.shm_dir"])).resolve()),
         "ip_allow": " ".join(_allowed_addresses(config)),
+        "monitor_host": str(config["systemd.monitor_host"]),
+        "monitor_port": str(int(config["systemd.monitor_port"])),
+        "monitor_allow": " ".join(
+            ["localhost", *(str(a) for a in config["systemd.ip_allow"])]
+        ),
     }
 
 

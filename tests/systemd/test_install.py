@@ -9,7 +9,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 INSTALL = ROOT / "tools" / "install"
-UNITS = ("mxrc-failover@.service", "mxrc-nonrt.service", "mxrc-rt.service", "mxrc.target")
+UNITS = (
+    "mxrc-failover@.service",
+    "mxrc-monitor.service",
+    "mxrc-nonrt.service",
+    "mxrc-rt.service",
+    "mxrc.target",
+)
 
 
 def install(stage: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -50,7 +56,7 @@ def test_staged_install_is_complete_idempotent_and_uninstalls_cleanly(tmp_path: 
 
     second = install(tmp_path)
     assert second.returncode == 0, second.stderr
-    assert "wrote" not in second.stdout and second.stdout.count("unchanged") == 5
+    assert "wrote" not in second.stdout and second.stdout.count("unchanged") == 6
     assert "keeping" in second.stdout  # an existing configuration is never overwritten
 
     (tmp_path / "var/lib/mxrc/eventlog").mkdir(parents=True)

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
+import subprocess
 import sys
 import time
 import urllib.request
@@ -61,12 +63,10 @@ def node() -> Iterator[tuple[NamespacedSystemd, Path]]:
             f'[rt]\nshm_prefix = "mxrc-sd{os.getpid()}"\npriority = {RT_PRIORITY}\n'
             f"[api]\nport = {free_port()}\n"
             '[systemd]\nuser = "root"\ngroup = "root"\nwatchdog_s = 2.0\nrestart_sec = 1.0\n'
-            "start_limit_burst = 3\nstart_limit_interval_s = 60.0\n"
+            f"start_limit_burst = 3\nstart_limit_interval_s = 60.0\nmonitor_port = {free_port()}\n"
         )
         config = load_config(config_path)
-        units = render(
-            load_templates(), unit_values(config, config_path, host_placement(config))
-        )
+        units = render(load_templates(), unit_values(config, config_path, host_placement(config)))
         code = [Path(mxrc.__file__).resolve(), Path(sys.executable).resolve(), Path(sys.prefix)]
         hidden = ""
         if any(str(p).startswith(("/root/", "/home/")) for p in code):
@@ -74,8 +74,9 @@ def node() -> Iterator[tuple[NamespacedSystemd, Path]]:
         if any(str(p).startswith("/tmp/") for p in code):
             hidden += "PrivateTmp=no\n"
         if hidden:
-            for name in ("mxrc-nonrt.service", "mxrc-rt.service", "mxrc-failover@.service"):
-                units[name] += f"\n[Service]\n{hidden}"
+            for name in units:
+                if name.endswith(".service"):
+                    units[name] += f"\n[Service]\n{hidden}"
         units.pop("journald-mxrc.conf")
         with namespaced_systemd(work / "systemd", units) as system:
             yield system, work
@@ -156,6 +157,32 @@ def test_units_run_under_a_real_systemd(node: tuple[NamespacedSystemd, Path]) ->
         e.get("_SYSTEMD_UNIT") == "mxrc-nonrt.service" and "admin API" in str(e.get("MESSAGE"))
         for e in entries
     )
+
+    # the unit metrics exporter sees the same (and promtool accepts what it serves)
+    port = load_config(work / "mxrc.toml")["systemd.monitor_port"]
+    until(lambda: active(system, "mxrc-monitor.service"), 10, "the monitor active")
+
+    def scrape() -> str:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                text: str = r.read().decode()
+                return text
+        except OSError:
+            return ""
+
+    expected = (
+        'systemd_unit_restart_total{name="mxrc-rt.service"} 1.0',  # the watchdog restart
+        'systemd_unit_state{name="mxrc-rt.service",state="active"} 1.0',
+        'systemd_unit_state{name="mxrc-nonrt.service",state="failed"} 0.0',
+        'mxrc_numa_remote_ratio{name="mxrc-rt.service"} 0.0',  # one NUMA node here
+    )
+    until(lambda: all(e in scrape() for e in expected), 10, f"the metrics: {expected}")
+    metrics = scrape()
+    if shutil.which("promtool") is None:
+        pytest.fail("promtool is missing: run tools/setup (Debian package prometheus)")
+    lint = subprocess.run(["promtool", "check", "metrics"], input=metrics, text=True,
+                          capture_output=True, check=False)  # fmt: skip
+    assert lint.returncode == 0, lint.stdout + lint.stderr
 
     # Requires=: stopping nonrt stops rt
     system.systemctl("stop", "mxrc-nonrt.service")

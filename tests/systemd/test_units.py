@@ -77,8 +77,8 @@ def unit_dir(tmp_path: Path) -> Path:
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
     assert sorted(p.name for p in out.iterdir()) == [
-        "journald-mxrc.conf", "mxrc-failover@.service", "mxrc-nonrt.service",
-        "mxrc-rt.service", "mxrc.target",
+        "journald-mxrc.conf", "mxrc-failover@.service", "mxrc-monitor.service",
+        "mxrc-nonrt.service", "mxrc-rt.service", "mxrc.target",
     ]  # fmt: skip
     return out
 
@@ -90,7 +90,8 @@ def analyze(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_systemd_analyze_verify_finds_nothing(unit_dir: Path) -> None:
-    names = ("mxrc-nonrt.service", "mxrc-rt.service", "mxrc.target", "mxrc-failover@.service")
+    names = ("mxrc-nonrt.service", "mxrc-rt.service", "mxrc.target", "mxrc-failover@.service",
+             "mxrc-monitor.service")  # fmt: skip
     units = [str(unit_dir / n) for n in names]
     result = analyze("verify", *units)
     # a misspelt key only warns on stderr with exit 0: stderr must be empty too
@@ -106,7 +107,12 @@ def test_verify_would_see_a_misspelt_key(unit_dir: Path) -> None:
 
 @pytest.mark.parametrize(
     ("unit", "limit"),
-    [("mxrc-nonrt.service", 2.0), ("mxrc-rt.service", 3.0), ("mxrc-failover@.service", 2.0)],
+    [
+        ("mxrc-nonrt.service", 2.0),
+        ("mxrc-rt.service", 3.0),
+        ("mxrc-failover@.service", 2.0),
+        ("mxrc-monitor.service", 2.0),
+    ],
 )
 def test_security_exposure_is_within_the_limit(unit_dir: Path, unit: str, limit: float) -> None:
     result = analyze("security", "--offline=true", str(unit_dir / unit))
