@@ -115,6 +115,18 @@ class Api:
             time.sleep(0.05)
 
 
+def running_node(
+    procs: list[subprocess.Popen[str]], tmp: Path
+) -> tuple[subprocess.Popen[str], Api]:
+    """``mxrc run`` started, its node READY, then started by an operator: RUNNING."""
+    p = spawn(procs, tmp)
+    api = Api(tmp / "var")
+    api.wait_state("READY")
+    api.post("/v1/commands/start")
+    api.wait_state("RUNNING")
+    return p, api
+
+
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -166,11 +178,7 @@ def test_run_starts_both_processes_and_stops_them_cleanly(
 def test_dead_rt_child_is_reported_and_the_node_goes_to_safe_mode(
     tmp_path: Path, procs: list[subprocess.Popen[str]]
 ) -> None:
-    p = spawn(procs, tmp_path)
-    api = Api(tmp_path / "var")
-    api.wait_state("READY")
-    api.post("/v1/commands/start")
-    api.wait_state("RUNNING")
+    p, api = running_node(procs, tmp_path)
     rt_pids = [
         int(pid)
         for pid in subprocess.run(
@@ -192,11 +200,7 @@ def test_dead_rt_child_is_reported_and_the_node_goes_to_safe_mode(
 def test_dead_nonrt_stops_the_run_and_the_restart_comes_back_in_safe_mode(
     tmp_path: Path, procs: list[subprocess.Popen[str]]
 ) -> None:
-    p = spawn(procs, tmp_path)
-    api = Api(tmp_path / "var")
-    api.wait_state("READY")
-    api.post("/v1/commands/start")
-    api.wait_state("RUNNING")
+    p, api = running_node(procs, tmp_path)
     os.kill(api.nonrt_pid, signal.SIGKILL)
     out, _err = p.communicate(timeout=40)
     assert p.returncode == 1

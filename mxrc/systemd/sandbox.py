@@ -75,6 +75,22 @@ Wants=systemd-journald.socket systemd-journald.service
 """
 
 
+def relax_for_code_location(units: dict[str, str], code: list[Path]) -> None:
+    """Let the services see the code they run when it lives where the hardening hides
+    it (a developer's interpreter under /root or /home, a checkout under /tmp):
+    ``ProtectHome=read-only`` / ``PrivateTmp=no`` appended, only then. In production
+    the code is in /opt/mxrc and nothing is relaxed."""
+    extra = ""
+    if any(str(p).startswith(("/root/", "/home/")) for p in code):
+        extra += "ProtectHome=read-only\n"
+    if any(str(p).startswith("/tmp/") for p in code):
+        extra += "PrivateTmp=no\n"
+    if extra:
+        for name in units:
+            if name.endswith(".service"):
+                units[name] += f"\n[Service]\n{extra}"
+
+
 def available() -> str | None:
     """Why a namespaced systemd cannot run here, or None."""
     if os.geteuid() != 0:

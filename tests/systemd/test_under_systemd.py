@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,17 +28,12 @@ import pytest
 
 import mxrc
 from mxrc.config import load_config
+from mxrc.drill.etcd import free_ports
+from mxrc.systemd.sandbox import relax_for_code_location
 from mxrc.systemd.units import host_placement, load_templates, render, unit_values
 from tests.systemd.namespaced import NamespacedSystemd, namespaced_systemd
 
 RT_PRIORITY = 80
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def until(what: Callable[[], object], timeout_s: float, why: str) -> float:
@@ -58,25 +52,19 @@ def node() -> Iterator[tuple[NamespacedSystemd, Path]]:
     try:
         (work / "var").mkdir()
         config_path = work / "mxrc.toml"
+        api_port, monitor_port = free_ports(2)
         config_path.write_text(
             f'[node]\ndata_dir = "{work / "var"}"\n'
             f'[rt]\nshm_prefix = "mxrc-sd{os.getpid()}"\npriority = {RT_PRIORITY}\n'
-            f"[api]\nport = {free_port()}\n"
+            f"[api]\nport = {api_port}\n"
             '[systemd]\nuser = "root"\ngroup = "root"\nwatchdog_s = 2.0\nrestart_sec = 1.0\n'
-            f"start_limit_burst = 3\nstart_limit_interval_s = 60.0\nmonitor_port = {free_port()}\n"
+            f"start_limit_burst = 3\nstart_limit_interval_s = 60.0\nmonitor_port = {monitor_port}\n"
         )
         config = load_config(config_path)
         units = render(load_templates(), unit_values(config, config_path, host_placement(config)))
-        code = [Path(mxrc.__file__).resolve(), Path(sys.executable).resolve(), Path(sys.prefix)]
-        hidden = ""
-        if any(str(p).startswith(("/root/", "/home/")) for p in code):
-            hidden += "ProtectHome=read-only\n"
-        if any(str(p).startswith("/tmp/") for p in code):
-            hidden += "PrivateTmp=no\n"
-        if hidden:
-            for name in units:
-                if name.endswith(".service"):
-                    units[name] += f"\n[Service]\n{hidden}"
+        relax_for_code_location(
+            units, [Path(mxrc.__file__).resolve(), Path(sys.executable).resolve(), Path(sys.prefix)]
+        )
         units.pop("journald-mxrc.conf")
         with namespaced_systemd(work / "systemd", units) as system:
             yield system, work

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import statistics
 import sys
 import time
@@ -27,17 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchutil import emit, progress
 
 from mxrc.config import load_config
-from mxrc.systemd.sandbox import NamespacedSystemd, available
+from mxrc.drill.etcd import free_ports
+from mxrc.systemd.sandbox import NamespacedSystemd, available, relax_for_code_location
 from mxrc.systemd.units import host_placement, load_templates, render, unit_values
 
 SERVICES = ("mxrc-nonrt.service", "mxrc-rt.service", "mxrc-monitor.service")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def units_for(work: Path, default_dependencies: bool) -> dict[str, str]:
@@ -45,21 +38,16 @@ def units_for(work: Path, default_dependencies: bool) -> dict[str, str]:
     config_path = work / "mxrc.toml"
     config_path.write_text(
         f'[node]\ndata_dir = "{work / "var"}"\n[rt]\nshm_prefix = "mxrc-boot{os.getpid()}"\n'
-        f'[api]\nport = {free_port()}\n[systemd]\nuser = "root"\ngroup = "root"\n'
-        f"monitor_port = {free_port()}\n"
+        f'[api]\nport = {free_ports(1)[0]}\n[systemd]\nuser = "root"\ngroup = "root"\n'
+        f"monitor_port = {free_ports(1)[0]}\n"
     )
     config = load_config(config_path)
     units = render(load_templates(), unit_values(config, config_path, host_placement(config)))
     units.pop("journald-mxrc.conf")
-    extra = "" if default_dependencies else "DefaultDependencies=no\n"
-    code = [Path(sys.executable).resolve(), Path(sys.prefix)]
-    hidden = "ProtectHome=read-only\n" if any(
-        str(p).startswith(("/root/", "/home/")) for p in code) else ""  # fmt: skip
-    for name in units:
-        if extra:
-            units[name] += f"\n[Unit]\n{extra}"
-        if hidden and name.endswith(".service"):
-            units[name] += f"\n[Service]\n{hidden}"
+    if not default_dependencies:
+        for name in units:
+            units[name] += "\n[Unit]\nDefaultDependencies=no\n"
+    relax_for_code_location(units, [Path(sys.executable).resolve(), Path(sys.prefix)])
     return units
 
 
