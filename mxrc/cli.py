@@ -63,7 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
     except MxrcError as exc:
-        print(f"mxrc: {exc}", file=sys.stderr)
+        if not exc.reported:  # a process with a log pipeline has logged it already
+            print(f"mxrc: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130

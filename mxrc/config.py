@@ -66,6 +66,15 @@ def _strings(value: list[Any]) -> str | None:
     return None if all(isinstance(v, str) for v in value) else "must be a list of strings"
 
 
+def _per_process_file(value: str) -> str | None:
+    if not value.strip() or "{process}" in value:
+        return None
+    return (
+        "must contain {process} (e.g. 'logs/{process}.log'): each mxrc process rotates "
+        "its own file, and two processes rotating one file would lose lines"
+    )
+
+
 def _node_id(value: str) -> str | None:
     ok = value and all(c.isalnum() or c in "-_." for c in value) and len(value) <= 64
     return None if ok else "must be 1-64 characters of letters, digits, '-', '_' or '.'"
@@ -117,6 +126,13 @@ SCHEMA: Mapping[str, Mapping[str, Key]] = {
         ),
         "attach_wait_s": Key(
             float, 5.0, "how long mxrc rt waits for nonrt's segments at start", _at_least(0.0)
+        ),
+        "numa": Key(
+            str,
+            "auto",
+            "bind rt and the segments to rt.cpu's NUMA node, nonrt prefers another: auto "
+            "(2+ nodes), always (one node too), off",
+            _one_of("auto", "always", "off"),
         ),
     },
     "nonrt": {
@@ -217,6 +233,46 @@ SCHEMA: Mapping[str, Mapping[str, Key]] = {
         ),
         "monitor_host": Key(str, "127.0.0.1", "address of mxrc monitor's /metrics"),
         "monitor_port": Key(int, 9558, "port of mxrc monitor's /metrics", _between(1, 65535)),
+    },
+    "logging": {
+        "level": Key(
+            str, "info", "least severe level logged",
+            _one_of("debug", "info", "warning", "error", "critical"),
+        ),
+        "queue_capacity": Key(
+            int, 8192, "log records waiting for the writer thread (oldest dropped when full)",
+            _at_least(16),
+        ),
+        "stderr": Key(
+            str, "auto",
+            "stderr sink: ecs (JSON lines), text, off; auto: off when journald takes the "
+            "records, text on a terminal, ecs otherwise",
+            _one_of("auto", "ecs", "text", "off"),
+        ),
+        "journald": Key(
+            str, "auto",
+            "journald's native protocol: on, off; auto: on when stderr is the journal "
+            "(JOURNAL_STREAM)",
+            _one_of("auto", "on", "off"),
+        ),
+        "file": Key(
+            str, "",
+            "rotating ECS JSON-lines file per process, e.g. 'logs/{process}.log' ({process}: "
+            "mxrc-nonrt, mxrc-rt; relative: to node.data_dir); '' off",
+            _per_process_file,
+        ),
+        "file_max_bytes": Key(
+            int, 10 * 1024 * 1024, "rotate the log file at this size", _at_least(4096)
+        ),
+        "file_backups": Key(int, 5, "rotated log files kept", _at_least(1)),
+    },
+    "tracing": {
+        "sample_ratio": Key(
+            float, 0.01,
+            "fraction of new traces recorded (parent-based: a sampled caller is always "
+            "followed); changeable at run time through the admin API",
+            lambda v: None if 0.0 <= v <= 1.0 else "must be in 0..1",
+        ),
     },
     "health": {
         "window_s": Key(float, 10.0, "window of the deadline-miss rate", _at_least(0.1)),

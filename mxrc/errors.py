@@ -11,6 +11,9 @@ class MxrcError(Exception):
     """Base class: an error whose message is meant for the user as it stands."""
 
     exit_code = 1
+    #: Set once the error went to the user through a log pipeline (stderr or journald),
+    #: so that the command line does not print it a second time.
+    reported = False
 
 
 class UsageError(MxrcError):

@@ -18,12 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from opentelemetry.trace import Tracer
+
 from mxrc import __version__
 from mxrc.checkpoint import Recovery, recover, remove_temporaries, write_checkpoint
 from mxrc.config import Config
 from mxrc.errors import DataDirLockedError
 from mxrc.eventlog import EventLog, LogIdentity
 from mxrc.nodestate import NodeState
+from mxrc.obs.correlation import current_traceparent
+from mxrc.obs.tracing import span, unrecorded_tracer
 from mxrc.segments import Record, TornTail
 from mxrc.statechart import Chart
 from mxrc.statemachine import SafetyStateMachine
@@ -95,8 +99,10 @@ class Node:
         guards: Mapping[str, Callable[[], bool]],
         *,
         notice: Callable[[str], None] = lambda _line: None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.config = config
+        self._tracer = tracer or unrecorded_tracer()
         self.chart = chart
         self.layout = DataLayout(config.data_dir)
         self._guards = guards
@@ -215,9 +221,18 @@ class Node:
         self, event_type: str, payload: Mapping[str, Any], *, traceparent: str | None = None
     ) -> Record:
         """Durably append, then fold into the live state (in sequence order, since
-        concurrent appenders may return from the group commit in any order)."""
+        concurrent appenders may return from the group commit in any order).
+
+        The record carries ``traceparent``, or else the caller's current trace context,
+        so a record appended while handling a traced command or event joins its trace;
+        the wait for the group commit is the ``eventlog.append`` span."""
         assert self._log is not None, "node not started"
-        record = self._log.append(event_type, payload, token=self.token, traceparent=traceparent)
+        traceparent = traceparent or current_traceparent()
+        with span(self._tracer, "eventlog.append", {"mxrc.event.type": event_type}) as current:
+            record = self._log.append(
+                event_type, payload, token=self.token, traceparent=traceparent
+            )
+            current.set_attribute("mxrc.eventlog.seq", record["seq"])
         with self._fold_lock:
             self._early[record["seq"]] = record
             while (nxt := self._early.pop(self._state.last_seq + 1, None)) is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import resource
 from dataclasses import asdict
@@ -17,10 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from mxrc.config import describe_defaults, load_config
+from mxrc.errors import MxrcError
+from mxrc.obs.logs import LogPipeline, LogSettings, set_process_fields
 from mxrc.rt import cpu as rtcpu
-from mxrc.rt import process, sched
+from mxrc.rt import numa, process, sched
 from mxrc.rt.cycle import DEFAULT_PRIORITY
 from mxrc.service.notify import Notifier
+
+log = logging.getLogger("mxrc.rt")
 
 RT_EPILOG = f"""\
 It attaches to the three shared-memory segments mxrc-nonrt creates (named
@@ -63,8 +68,11 @@ Each finding is one of:
         file setting, package)
 
 What is checked: that the CPU exists and is allowed; isolation (isolcpus, nohz_full,
-rcu_nocbs); kernel preemption (PREEMPT_RT or not); NUMA placement of memory; DAMON;
-and the privileges the cycle asks for (SCHED_FIFO, mlockall, /dev/cpu_dma_latency).
+rcu_nocbs); kernel preemption (PREEMPT_RT or not); NUMA placement of memory, and the
+placement the configuration asks for (rt.numa: what mxrc rt binds, what nonrt prefers,
+where the segments go; when mxrc rt would bind, the bind is tried in a throwaway
+thread); DAMON; and the privileges the cycle asks for (SCHED_FIFO, mlockall,
+/dev/cpu_dma_latency).
 Without them `mxrc rt` still runs, degraded, and says so.
 
 exit codes: 0 nothing blocks real-time running, 1 at least one warning
@@ -120,15 +128,28 @@ def _rt(args: argparse.Namespace) -> int:
     overrides = {"node.id": args.node_id} if args.node_id else None
     config = load_config(args.config, overrides)
     notifier = Notifier.from_environment()  # a bad WATCHDOG_USEC is refused before attaching
-    try:
-        return process.run(
-            config,
-            config.node_id,
-            notifier=notifier,
-            print_line=lambda line: print(line, flush=True),
-        )
-    finally:
-        notifier.close()
+    placed = numa.bind_rt(config)  # before any other thread exists: all of them inherit it
+    # The log writer thread is created here, before the cycle thread: it inherits this
+    # thread's affinity and memory policy, never the cycle's CPU (the cycle pins itself).
+    rt_cpu = numa.rt_cpu_of(config)
+    set_process_fields(node=config.node_id, numa_node=rtcpu.node_of_cpu(rtcpu.read_nodes(), rt_cpu))
+    with LogPipeline(
+        LogSettings.from_config(config, "mxrc-rt"), process_name="mxrc-rt"
+    ) as logs:
+        log.debug("%s", logs.describe())
+        try:
+            return process.run(
+                config,
+                config.node_id,
+                notifier=notifier,
+                print_line=lambda line: log.info("%s", line),
+                numa=placed,
+            )
+        except MxrcError as exc:
+            logs.report(log, exc)
+            raise
+        finally:
+            notifier.close()
 
 
 def privilege_findings(priority: int = DEFAULT_PRIORITY) -> list[rtcpu.Finding]:
@@ -195,7 +216,11 @@ def _check(args: argparse.Namespace) -> int:
         cpu = args.cpu
     else:
         cpu = configured if configured >= 0 else sched.default_cpu()
-    findings = rtcpu.audit(cpu) + privilege_findings(int(config["rt.priority"]))
+    findings = (
+        rtcpu.audit(cpu)
+        + numa.plan_findings(numa.host_plan(config, rt_cpu=cpu))
+        + privilege_findings(int(config["rt.priority"]))
+    )
     if args.json:
         print(json.dumps([asdict(f) for f in findings], indent=2))
     else:

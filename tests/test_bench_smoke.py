@@ -106,3 +106,21 @@ def test_boot_time_benchmark_reports_both_variants() -> None:
     for variant in ("default_dependencies", "default_dependencies_no"):
         assert 0 < result[variant]["min_s"] <= result[variant]["max_s"] < 30
     assert result["ratio_no_default_dependencies"] > 0
+
+
+def test_logging_overhead_benchmark_measures_both_modes_in_one_run() -> None:
+    result = only_json(run_bench("logging_overhead.py", "--quick", timeout=120))
+    assert result["records_per_cycle"] == 10 and result["period_ms"] == 10.0
+    for mode in ("none", "logging"):
+        positive(result["exec"][mode], "median_us", "mean_us", "p99_us")
+    assert result["records_written"] + result["records_dropped"] == 10 * result["cycles_per_mode"]
+    positive(result["formatter"], "mxrc_orjson_us", "ecs_logging_us")
+    assert isinstance(result["target_met"], bool)
+
+
+def test_tracing_cost_benchmark_reports_each_ratio_against_no_tracing() -> None:
+    result = only_json(run_bench("tracing_cost.py", "--quick", timeout=120))
+    assert set(result["bus_event_us"]) == {"none", "0", "0.01", "1"}
+    positive(result["bus_event_us"], "none", "0", "0.01", "1")
+    exported = result["spans_exported"]
+    assert exported["0"] == 0 < exported["0.01"] < exported["1"]  # the sampler decided

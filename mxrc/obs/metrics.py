@@ -49,6 +49,7 @@ from prometheus_client.utils import floatToGoString
 
 from mxrc import __version__
 from mxrc.catalog import event_types
+from mxrc.obs.logs import dropped_records
 from mxrc.rt.process import FaultCause
 from mxrc.service.events import (
     WAKE_BUCKETS_NS,
@@ -398,6 +399,11 @@ class NonrtMetrics:
             value=self.lease_remaining_s(),
         )
         yield from self._collect_bus()
+        yield CounterMetricFamily(
+            "mxrc_log_dropped_records",
+            "Log records dropped because the log queue was full (the oldest go first)",
+            value=dropped_records(),
+        )
 
     def _collect_rt(self) -> Iterable[Metric]:
         rt = self._rt

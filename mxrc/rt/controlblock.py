@@ -13,7 +13,15 @@ cycle and drives outputs only when all of them say so (:func:`drive_permitted`):
 Anything else, including a block the cycle cannot read consistently, means "hold safe
 outputs": every failure mode of this module is on the safe side.
 
-Segment body: one cache line of 8-byte words ``seq, mode, token, deadline_ns``.
+With the permission nonrt writes the trace context of the transition that set the mode
+(W3C trace id as two words, span id, flags), so the cycle can stamp its ring record of
+acting on the mode with it and the command's trace continues into the cycle. The trace
+is sticky: a write that does not change the mode (a lease renewal moving the deadline)
+keeps the context of the write that did, so a renewal racing a command cannot erase
+the command's trace before the cycle has read it (:func:`next_trace`).
+
+Segment body: one cache line of 8-byte words ``seq, mode, token, deadline_ns, trace_hi,
+trace_lo, span_id, trace_flags``.
 ``seq`` is a seqlock: the writer stores an odd value, the three fields, then the next
 even value; a reader loads ``seq``, the fields, ``seq`` again, and keeps the snapshot
 only if both loads are equal and even (x86-64 TSO assumption: see :mod:`mxrc.rt.shm`).
@@ -42,10 +50,17 @@ from mxrc.rt.shm import (
     create_segment,
 )
 
-CONTROL_BLOCK_VERSION: Final = 1
+CONTROL_BLOCK_VERSION: Final = 2
 READ_ATTEMPTS: Final = 4  # bounded: the cycle must never spin on a busy writer
-_FIELDS: Final = ("seq:u64", "mode:u64", "token:u64", "deadline_ns:i64")
+_FIELDS: Final = (
+    "seq:u64", "mode:u64", "token:u64", "deadline_ns:i64",
+    "trace_hi:u64", "trace_lo:u64", "span_id:u64", "trace_flags:u64",
+)
 SEQ_WORD, MODE_WORD, TOKEN_WORD, DEADLINE_WORD = range(4)
+TRACE_HI_WORD, TRACE_LO_WORD, SPAN_WORD, FLAGS_WORD = range(4, 8)
+#: No trace: what a zeroed block holds, and what W3C calls an invalid context.
+NO_TRACE: Final = (0, 0, 0, 0)
+TraceWords = tuple[int, int, int, int]
 
 
 class Mode(IntEnum):
@@ -92,6 +107,43 @@ def seqlock_stable(before: int, after: int) -> bool:
     return before == after and not before & 1
 
 
+def trace_words(traceparent: str | None) -> TraceWords:
+    """A W3C traceparent as the block's four words; :data:`NO_TRACE` for None or an
+    invalid one (the cycle then stamps no trace, which is honest)."""
+    if not traceparent:
+        return NO_TRACE
+    parts = traceparent.strip().split("-")
+    if len(parts) != 4 or parts[0] != "00" or len(parts[1]) != 32 or len(parts[2]) != 16:
+        return NO_TRACE
+    try:
+        hi, lo = int(parts[1][:16], 16), int(parts[1][16:], 16)
+        span, flags = int(parts[2], 16), int(parts[3], 16)
+    except ValueError:
+        return NO_TRACE
+    if (hi == 0 and lo == 0) or span == 0 or not 0 <= flags <= 0xFF:
+        return NO_TRACE
+    return (hi, lo, span, flags)
+
+
+def traceparent_of_words(words: TraceWords) -> str | None:
+    hi, lo, span, flags = words
+    if (hi == 0 and lo == 0) or span == 0:
+        return None
+    return f"00-{hi:016x}{lo:016x}-{span:016x}-{flags & 0xFF:02x}"
+
+
+def next_trace(
+    previous_mode: int | None, previous: TraceWords, mode: int, given: TraceWords | None
+) -> TraceWords:
+    """The trace a write stores: the one given; else, when the mode is unchanged, the one
+    already there (sticky, see the module docstring); else none."""
+    if given is not None and given != NO_TRACE:
+        return given
+    if previous_mode == mode:
+        return previous
+    return NO_TRACE
+
+
 def drive_permitted(
     mode: int, token: int, deadline_ns: int, now_ns: int, expected_token: int
 ) -> bool:
@@ -130,14 +182,21 @@ class ControlBlockWriter:
         self._q = region.u64()
         self._s = region.i64()
         self._base = region.body_offset // 8
+        self._mode: int | None = None
+        self._trace: TraceWords = NO_TRACE
 
-    def write(self, mode: int, token: int, deadline_ns: int) -> None:
-        """Publish a new permission atomically (as a set) for the cycle."""
+    def write(
+        self, mode: int, token: int, deadline_ns: int, traceparent: str | None = None
+    ) -> None:
+        """Publish a new permission atomically (as a set) for the cycle, with the trace
+        context of the change (see :func:`next_trace`)."""
         if not 0 <= token < 1 << 64:
             raise ValueError(f"fencing token must be a u64, not {token}")
         if not -(1 << 63) <= deadline_ns < 1 << 63:
             raise ValueError(f"deadline_ns must be an i64, not {deadline_ns}")
         mode = Mode(mode)  # refuse an unknown mode before touching the block
+        given = trace_words(traceparent) if traceparent is not None else None
+        trace = next_trace(self._mode, self._trace, int(mode), given)
         q = self._q
         base = self._base
         begin = seqlock_begin(q[base + SEQ_WORD])
@@ -145,7 +204,10 @@ class ControlBlockWriter:
         q[base + MODE_WORD] = int(mode)
         q[base + TOKEN_WORD] = token
         self._s[base + DEADLINE_WORD] = deadline_ns
+        q[base + TRACE_HI_WORD], q[base + TRACE_LO_WORD] = trace[0], trace[1]
+        q[base + SPAN_WORD], q[base + FLAGS_WORD] = trace[2], trace[3]
         q[base + SEQ_WORD] = begin + 1
+        self._mode, self._trace = int(mode), trace
 
 
 class ControlBlockReader:
@@ -173,6 +235,25 @@ class ControlBlockReader:
             if before == after and not before & 1:
                 return ControlState(mode, token, deadline, before >> 1)
         self.failed_reads += 1
+        return None
+
+    def trace_at(self, version: int) -> TraceWords | None:
+        """The trace words written with snapshot ``version`` (from :meth:`read`), or None
+        if the block has changed since (the next cycle sees the newer mode and asks
+        again) or could not be read consistently."""
+        q = self._q
+        seq_word = self._base + SEQ_WORD
+        expected = version << 1
+        for _attempt in range(READ_ATTEMPTS):
+            before = q[seq_word]
+            if before != expected:
+                return None
+            hi = q[seq_word + TRACE_HI_WORD]
+            lo = q[seq_word + TRACE_LO_WORD]
+            span = q[seq_word + SPAN_WORD]
+            flags = q[seq_word + FLAGS_WORD]
+            if q[seq_word] == before:
+                return (hi, lo, span, flags)
         return None
 
     def drive_permitted(self, now_ns: int, expected_token: int) -> bool:

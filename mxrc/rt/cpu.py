@@ -9,8 +9,9 @@ operator changes. A one-socket machine has one NUMA node; that is fine and is sa
 
 Parsing (``/proc/cmdline``, CPU lists, the preemption string, ``numa_maps``) is pure and
 tested against fixture text; the readers below it only fetch text from ``/proc`` and
-``/sys``. Memory binding uses ``set_mempolicy`` — libnuma's wrapper when the library is
-installed, otherwise the raw system call through ctypes.
+``/sys``. Memory binding uses ``set_mempolicy`` (a thread's policy) and ``mbind`` (a
+mapping's) — libnuma's wrappers when the library is installed, otherwise the raw system
+calls through ctypes. What to bind where is decided in :mod:`mxrc.rt.numa`.
 """
 
 from __future__ import annotations
@@ -420,8 +421,8 @@ def _numa_findings(m: Machine, cpu: int) -> list[Finding]:
             "info",
             f"{len(m.nodes)} NUMA nodes; CPU {cpu} is on node {node}: the RT process's "
             "memory should be allocated there",
-            f"start it under `numactl --cpunodebind={node} --membind={node}` (or call "
-            f"mxrc.rt.cpu.bind_memory([{node}]) before the cycle starts)",
+            f"mxrc rt binds itself there at start (rt.numa, see `mxrc check --config`); "
+            f"anything else: start it under `numactl --cpunodebind={node} --membind={node}`",
         )
     ]
     if m.numa_pages is not None and node is not None:
@@ -538,38 +539,50 @@ _MODE_FLAGS = (1 << 15) | (1 << 14) | (1 << 13)  # STATIC_NODES, RELATIVE_NODES,
 _MASK_LONGS = 16  # room for 1024 nodes
 _MAXNODE = _MASK_LONGS * 64 + 1  # the kernel reads maxnode - 1 bits
 _SYSCALLS = {"x86_64": (238, 239), "aarch64": (237, 236)}  # (set_mempolicy, get_mempolicy)
+_MBIND_SYSCALLS = {"x86_64": 237, "aarch64": 235}
 
 _NodeMask = ctypes.c_ulong * _MASK_LONGS
 SetPolicy = Callable[[int, Any, int], int]
 GetPolicy = Callable[[Any, Any, int, Any, int], int]
+Mbind = Callable[[int, int, int, Any, int, int], int]
+
+
+def _libnuma(use_libnuma: bool) -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("numa") if use_libnuma else None
+    if not name:
+        return None
+    try:
+        return ctypes.CDLL(name, use_errno=True)
+    except OSError:
+        return None
+
+
+def _libc() -> ctypes.CDLL:
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    return libc
 
 
 def _mempolicy_calls(use_libnuma: bool = True) -> tuple[SetPolicy, GetPolicy, str]:
     """libnuma's set/get_mempolicy when installed, else the raw syscalls via libc."""
-    name = ctypes.util.find_library("numa") if use_libnuma else None
-    if name:
-        try:
-            lib = ctypes.CDLL(name, use_errno=True)
-        except OSError:
-            pass
-        else:
-            setter, getter = lib.set_mempolicy, lib.get_mempolicy
-            setter.argtypes = (ctypes.c_int, ctypes.POINTER(_NodeMask), ctypes.c_ulong)
-            setter.restype = ctypes.c_long
-            getter.argtypes = (
-                ctypes.POINTER(ctypes.c_int),
-                ctypes.POINTER(_NodeMask),
-                ctypes.c_ulong,
-                ctypes.c_void_p,
-                ctypes.c_ulong,
-            )
-            getter.restype = ctypes.c_long
-            return setter, getter, "libnuma"
+    lib = _libnuma(use_libnuma)
+    if lib is not None:
+        setter, getter = lib.set_mempolicy, lib.get_mempolicy
+        setter.argtypes = (ctypes.c_int, ctypes.POINTER(_NodeMask), ctypes.c_ulong)
+        setter.restype = ctypes.c_long
+        getter.argtypes = (
+            ctypes.POINTER(ctypes.c_int),
+            ctypes.POINTER(_NodeMask),
+            ctypes.c_ulong,
+            ctypes.c_void_p,
+            ctypes.c_ulong,
+        )
+        getter.restype = ctypes.c_long
+        return setter, getter, "libnuma"
     numbers = _SYSCALLS.get(platform.machine())
     if numbers is None:
         raise OSError(f"set_mempolicy: unsupported architecture {platform.machine()}")
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    libc.syscall.restype = ctypes.c_long
+    libc = _libc()
     set_nr, get_nr = numbers
 
     def set_call(mode: int, mask: Any, maxnode: int) -> int:
@@ -583,6 +596,56 @@ def _mempolicy_calls(use_libnuma: bool = True) -> tuple[SetPolicy, GetPolicy, st
     return set_call, get_call, "syscall"
 
 
+def _mbind_call(use_libnuma: bool = True) -> tuple[Mbind, str]:
+    """libnuma's ``mbind`` when installed, else the raw syscall. Not libnuma's
+    ``numa_tonode_memory``: it returns nothing and only prints a failure to stderr, and a
+    placement that did not happen must be reported, not printed."""
+    lib = _libnuma(use_libnuma)
+    if lib is not None:
+        fn = lib.mbind
+        fn.argtypes = (
+            ctypes.c_void_p,
+            ctypes.c_ulong,
+            ctypes.c_int,
+            ctypes.POINTER(_NodeMask),
+            ctypes.c_ulong,
+            ctypes.c_uint,
+        )
+        fn.restype = ctypes.c_long
+
+        def lib_call(addr: int, length: int, mode: int, mask: Any, maxnode: int, flags: int) -> int:
+            return int(fn(addr, length, mode, mask, maxnode, flags))
+
+        return lib_call, "libnuma"
+    number = _MBIND_SYSCALLS.get(platform.machine())
+    if number is None:
+        raise OSError(f"mbind: unsupported architecture {platform.machine()}")
+    libc = _libc()
+
+    def sys_call(addr: int, length: int, mode: int, mask: Any, maxnode: int, flags: int) -> int:
+        return int(
+            libc.syscall(
+                number,
+                ctypes.c_void_p(addr),
+                ctypes.c_ulong(length),
+                ctypes.c_int(mode),
+                mask,
+                ctypes.c_ulong(maxnode),
+                ctypes.c_uint(flags),
+            )
+        )
+
+    return sys_call, "syscall"
+
+
+def _node_mask(nodes: Iterable[int]) -> tuple[list[int], Any]:
+    wanted = sorted(set(nodes))
+    mask = _NodeMask()
+    for node in wanted:
+        mask[node // 64] |= 1 << (node % 64)
+    return wanted, mask
+
+
 def bind_memory(nodes: Iterable[int], mode: int = MPOL_BIND, *, via: str | None = None) -> str:
     """Set the calling thread's memory policy (inherited by threads it starts later).
 
@@ -591,10 +654,7 @@ def bind_memory(nodes: Iterable[int], mode: int = MPOL_BIND, *, via: str | None 
     ("syscall") forces the raw system call even where libnuma is installed.
     """
     set_call, _get, how = _policy_calls(via)
-    wanted = sorted(set(nodes))
-    mask = _NodeMask()
-    for node in wanted:
-        mask[node // 64] |= 1 << (node % 64)
+    wanted, mask = _node_mask(nodes)
     maxnode = _MAXNODE if mode not in (MPOL_DEFAULT, MPOL_LOCAL) else 0
     if set_call(mode, ctypes.byref(mask) if maxnode else None, maxnode) != 0:
         err = ctypes.get_errno()
@@ -606,6 +666,35 @@ def _policy_calls(via: str | None) -> tuple[SetPolicy, GetPolicy, str]:
     if via not in (None, "libnuma", "syscall"):
         raise ValueError(f"via must be 'libnuma' or 'syscall', got {via!r}")
     return _mempolicy_calls(use_libnuma=via != "syscall")
+
+
+def bind_range(
+    address: int,
+    length: int,
+    nodes: Iterable[int],
+    mode: int = MPOL_BIND,
+    *,
+    via: str | None = None,
+) -> str:
+    """Give ``length`` bytes of mapped memory at ``address`` (page-aligned) their own
+    policy with ``mbind``; returns the mechanism used, like :func:`bind_memory`.
+
+    Pages already present stay where they are (no ``MPOL_MF_MOVE``: moving pages another
+    process maps needs CAP_SYS_NICE); pages allocated later obey the policy. On a tmpfs
+    (shmem) mapping the policy is stored with the file, not with this mapping: every
+    process that maps it sees it and every page anyone allocates in it obeys it.
+    """
+    if via not in (None, "libnuma", "syscall"):
+        raise ValueError(f"via must be 'libnuma' or 'syscall', got {via!r}")
+    call, how = _mbind_call(use_libnuma=via != "syscall")
+    wanted, mask = _node_mask(nodes)
+    maxnode = _MAXNODE if mode not in (MPOL_DEFAULT, MPOL_LOCAL) else 0
+    if call(address, length, mode, ctypes.byref(mask) if maxnode else None, maxnode, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(
+            err, f"mbind({length} B, mode={mode}, nodes={wanted}): {os.strerror(err)}"
+        )
+    return how
 
 
 def reset_memory_policy() -> None:

@@ -281,12 +281,16 @@ class Cycle:
         except Exception as exc:  # a hook failed: hold safe outputs and stop cycling
             self.fault = f"{type(exc).__name__}: {exc} (cycle {self.cycles}, tick {self.info.tick})"
             self._state = "faulted"
-            log.error("RT cycle stopped by a fault: %s", self.fault)
+            # No logging here either (this is the cycle thread): the fault is reported
+            # by whoever joins it (mxrc rt's main thread raises RtCycleFaultError).
             if self.on_fault is not None:
                 try:
                     self.on_fault(exc)
-                except Exception:
-                    log.exception("RT cycle: the fault handler itself failed")
+                except Exception as handler_exc:
+                    self.fault += (
+                        f"; then the fault handler failed: {type(handler_exc).__name__}: "
+                        f"{handler_exc}"
+                    )
         else:
             self._state = "stopped"
         finally:

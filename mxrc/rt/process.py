@@ -28,7 +28,14 @@ Ring records (``RecordType``; eight float64 payload words each, indices below):
   and is exact at the bounds, which 1 µs bins are not;
 * ``FAULT`` on the edge from driving to holding — cause, mode, token, lease left,
   expected token (``FAULT_*``);
-* ``STOPPED``, the final record — was driving, misses, cycles (``STOPPED_*``).
+* ``STOPPED``, the final record — was driving, misses, cycles (``STOPPED_*``);
+* ``MODE_APPLIED`` from the first cycle that saw a new mode in the control block (and
+  from the very first cycle) — new mode, previous mode (-1: none), driving (1/0),
+  token, slot, ns from the cycle's wake-up (the record's time) to having acted
+  (``MODE_*``). It carries the
+  trace context nonrt wrote with the mode, and so does every record after it until
+  the next mode change: the cycle's part of a command is in the command's trace
+  without the cycle ever tracing (nonrt records the span from this record).
 
 The main thread reports the start, then sleeps until SIGTERM/SIGINT (or a cycle fault),
 waking a few times per watchdog interval to tell systemd how the cycle is doing and,
@@ -67,6 +74,7 @@ from mxrc.rt.cycle import Cycle, CycleConfig, CycleInfo, CycleStartError
 from mxrc.rt.datastore import DataStore, DataStoreSegment, KeySpec, KeyTable, Side
 from mxrc.rt.executive import Executive
 from mxrc.rt.hotplug import POLL_INTERVAL_S, PinWatch
+from mxrc.rt.numa import Outcome, bind_rt
 from mxrc.rt.plant import SimulatedJoint
 from mxrc.rt.ring import Ring, RingLayout, RingWriter
 from mxrc.rt.shm import SegmentNotFoundError, ShmLayoutError
@@ -112,6 +120,7 @@ class RecordType(IntEnum):
     FAULT = 3  # payload: see FAULT_* indices
     STOPPED = 4  # payload: see STOPPED_* indices
     CYCLE_HISTOGRAM = 5  # payload: see HISTOGRAM_* indices; right after each CYCLE_STATUS
+    MODE_APPLIED = 6  # payload: see MODE_* indices; the first cycle under a new mode
 
 
 class FaultCause(IntEnum):
@@ -131,6 +140,7 @@ STATUS_SLOT, STATUS_WAKE_P99_US, STATUS_MISSES, STATUS_TRACKING_ERROR = 0, 1, 2,
 STATUS_DRIVING, STATUS_JOINT_POSITION = 4, 5
 FAULT_CAUSE, FAULT_MODE, FAULT_TOKEN, FAULT_LEASE_LEFT_NS, FAULT_EXPECTED_TOKEN = 0, 1, 2, 3, 4
 STOPPED_WAS_DRIVING, STOPPED_MISSES, STOPPED_CYCLES = 0, 1, 2
+MODE_NEW, MODE_PREVIOUS, MODE_DRIVING, MODE_TOKEN, MODE_SLOT, MODE_ACTED_NS = 0, 1, 2, 3, 4, 5
 # CYCLE_HISTOGRAM: words HISTOGRAM_COUNTS + i hold the samples ≤ WAKE_BUCKETS_NS[i].
 HISTOGRAM_COUNTS = 0
 HISTOGRAM_TOTAL = HISTOGRAM_COUNTS + len(WAKE_BUCKETS_NS)
@@ -268,6 +278,7 @@ class RtHook:
         self.fenced = False  # a token changed while RUNNING: wait for RUNNING to end
         self.last_cause = 0
         self.state: ControlState | None = None  # the last consistent snapshot
+        self.applied_mode = -1  # the mode the last MODE_APPLIED record reported
         self.faults = 0
         self.cycles = 0
         self.stop_requested = False
@@ -304,6 +315,9 @@ class RtHook:
             self.faults += 1
             self.last_cause = cause
             self._publish_fault(cause, tick, now)
+        state = self.state
+        if state is not None and state.mode != self.applied_mode:
+            self._publish_mode(state, tick, now, info.wake_ns)
         store = self.store
         store.write_f64(self.h_position, self.position())
         store.write_f64(self.h_error, self.tracking_error())
@@ -369,6 +383,26 @@ class RtHook:
         p[HISTOGRAM_SUM_NS] = counts[self.wake_sum_index]
         self.ring.publish(RecordType.CYCLE_HISTOGRAM, tick, now)
 
+    def _publish_mode(self, state: ControlState, tick: int, now: int, wake_ns: int) -> None:
+        """The cycle has acted on a new mode: say so, under the mode's trace context
+        (none if the block changed again since this cycle's snapshot: the next cycle
+        reports the newer mode with its own)."""
+        words = self.reader.trace_at(state.version)
+        if words is None:
+            self.ring.set_trace_words(0, 0, 0, 0)
+        else:
+            self.ring.set_trace_words(words[0], words[1], words[2], words[3])
+        p = self.payload
+        p[MODE_NEW] = state.mode
+        p[MODE_PREVIOUS] = self.applied_mode
+        p[MODE_DRIVING] = 1.0 if self.driving else 0.0
+        p[MODE_TOKEN] = state.token
+        p[MODE_SLOT] = tick % self.frame_slots
+        p[MODE_ACTED_NS] = time.monotonic_ns() - wake_ns
+        p[6] = p[7] = 0.0
+        self.ring.publish(RecordType.MODE_APPLIED, tick, wake_ns)
+        self.applied_mode = state.mode
+
     def _publish_fault(self, cause: int, tick: int, now: int) -> None:
         p = self.payload
         p[FAULT_CAUSE] = cause
@@ -420,9 +454,12 @@ def cycle_config(config: Config) -> CycleConfig:
     )
 
 
-def start_line(node_id: str, attached: Attached, cycle: Cycle, law_path: str) -> str:
+def start_line(
+    node_id: str, attached: Attached, cycle: Cycle, law_path: str, numa: str = "not set"
+) -> str:
     """One line an operator can act on: what was attached, where the cycle runs, and
-    every privilege it runs without together with the fix."""
+    every privilege it runs without together with the fix. ``numa``: what
+    :func:`mxrc.rt.numa.bind_rt` did (a refusal is also among the degradations)."""
     cfg = cycle.config
     policy, priority = cycle.policy
     degraded = "; ".join(f"{d.what}: {d.detail} (fix: {d.fix})" for d in cycle.degraded)
@@ -430,7 +467,7 @@ def start_line(node_id: str, attached: Attached, cycle: Cycle, law_path: str) ->
         f"mxrc rt: node {node_id}: attached {attached.describe()}; law {law_path}; "
         f"cycle {cfg.period_ns / 1e6:g} ms on CPU {cycle.cpu}, {policy} {priority}, "
         f"memory {'locked' if cycle.memory_locked else 'not locked'}, "
-        f"dma latency {'held' if cycle.dma_latency_held else 'not held'}; "
+        f"dma latency {'held' if cycle.dma_latency_held else 'not held'}; numa: {numa}; "
         f"degraded: {degraded or 'none'}"
     )
 
@@ -441,10 +478,17 @@ def run(
     *,
     notifier: Notifier | None = None,
     print_line: Callable[[str], None] = print,
+    numa: Outcome | None = None,
 ) -> int:
     """Attach, run the cycle until SIGTERM/SIGINT, stop it cleanly; the exit code.
 
-    ``notifier`` carries the systemd notifications (none when omitted)."""
+    ``notifier`` carries the systemd notifications (none when omitted). ``numa``: what
+    the caller's :func:`mxrc.rt.numa.bind_rt` did, when it bound this thread earlier
+    (before creating threads of its own); without it, the binding is done here."""
+    # First: this thread's memory policy, before anything big is allocated and before
+    # the cycle thread exists (it inherits the policy; see mxrc.rt.numa).
+    if numa is None:
+        numa = bind_rt(config)
     period_s = float(config["cycle.period_ms"]) / 1000
     law_path = str(config["rt.control_law"])
     law = load_control_law(law_path, period_s)
@@ -465,8 +509,17 @@ def run(
         )
         cycle = Cycle(cycle_cfg, hooks=[hook], on_fault=hook.on_fault)
         hook.bind(cycle)
+        if numa.degradation is not None:
+            cycle.degraded.append(numa.degradation)  # start line, log, status()
         return _serve(
-            cycle, hook, node_id, attached, law_path, notifier or Notifier(None), print_line
+            cycle,
+            hook,
+            node_id,
+            attached,
+            law_path,
+            notifier or Notifier(None),
+            print_line,
+            numa,
         )
     finally:
         attached.close()
@@ -531,6 +584,7 @@ def _serve(
     law_path: str,
     notifier: Notifier,
     print_line: Callable[[str], None],
+    numa: Outcome,
 ) -> int:
     stop = threading.Event()
     signalled: list[int] = []
@@ -545,7 +599,7 @@ def _serve(
             cycle.start()
         except CycleStartError as exc:
             raise RtStartError(f"cycle thread did not start: {exc}") from None
-        print_line(start_line(node_id, attached, cycle, law_path))
+        print_line(start_line(node_id, attached, cycle, law_path, numa.summary))
         notifier.ready(status_line(cycle, hook))
         pin_watch = None
         if cycle.tid is not None and cycle.cpu is not None:

@@ -72,6 +72,8 @@ from mxrc.rt.shm import (
 )
 
 RING_LAYOUT_VERSION: Final = 1
+_TRACE_WORDS: Final = struct.Struct(">QQ")
+_SPAN_WORD: Final = struct.Struct(">Q")
 CONTROL_SIZE: Final = 64  # the head counter's cache line
 SLOT_HEADER_SIZE: Final = 64
 MAX_RUNS_PER_POLL: Final = 64
@@ -290,9 +292,12 @@ class RingWriter(_SlotView):
         self.payload = memoryview(self._payload)
         #: The same staging area as float64 values: ``writer.payload_f64[i] = x``.
         self.payload_f64 = self.payload.cast("d")
-        self._trace_id = _ZERO_TRACE_ID
-        self._span_id = _ZERO_SPAN_ID
+        # Updated in place (set_trace_words), so a new trace context costs no allocation.
+        self._trace_id = bytearray(TRACE_ID_SIZE)
+        self._span_id = bytearray(SPAN_ID_SIZE)
         self._trace_flags = 0
+        self._pack_trace = _TRACE_WORDS.pack_into
+        self._pack_span = _SPAN_WORD.pack_into
         self._next: int = self._q[self._head_word]
 
     @property
@@ -307,9 +312,16 @@ class RingWriter(_SlotView):
             raise ValueError("trace_id must be 16 bytes and span_id 8 bytes")
         if not 0 <= trace.flags <= 0xFF:
             raise ValueError(f"trace flags must fit a byte, not {trace.flags}")
-        self._trace_id = bytes(trace.trace_id)
-        self._span_id = bytes(trace.span_id)
+        self._trace_id[:] = trace.trace_id
+        self._span_id[:] = trace.span_id
         self._trace_flags = trace.flags
+
+    def set_trace_words(self, trace_hi: int, trace_lo: int, span_id: int, flags: int) -> None:
+        """:meth:`set_trace` from the control block's words (big-endian halves of the
+        W3C ids), in place: the cycle calls it on the cycle thread."""
+        self._pack_trace(self._trace_id, 0, trace_hi, trace_lo)
+        self._pack_span(self._span_id, 0, span_id)
+        self._trace_flags = flags & 0xFF
 
     def publish(self, rtype: int, cycle: int, t_ns: int) -> int:
         """Write one record from the staged payload and trace; returns its index.

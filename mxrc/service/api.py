@@ -20,10 +20,13 @@ from typing import Any, Final
 
 import orjson
 from aiohttp import web
+from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
 from mxrc.catalog import event_types
 from mxrc.diagram import render
+from mxrc.obs.correlation import accept_request_id, correlated, ids_of
+from mxrc.obs.tracing import span, unrecorded_tracer
 from mxrc.segments import Record
 from mxrc.service.auth import bearer_matches
 from mxrc.service.events import ApiRequest
@@ -34,8 +37,8 @@ from mxrc.service.openapi import (
     parse_command_body,
     parse_events_query,
     parse_last_event_id,
+    parse_tracing_body,
     parse_write_body,
-    request_trace,
 )
 from mxrc.service.ports import OPERATOR_COMMANDS, AdminBackend, BadInput, NotPermitted
 from mxrc.statemachine import TriggerRejected
@@ -364,6 +367,14 @@ class AdminApi:
             raise ApiError(403, str(exc), reason=exc.reason) from None
         return json_response(record_json(record))
 
+    async def tracing(self, request: web.Request) -> web.Response:
+        return json_response(self.backend.tracing_view())
+
+    async def set_tracing(self, request: web.Request) -> web.Response:
+        self.authorize(request)
+        ratio = parse_tracing_body(await request.read())
+        return json_response(self.backend.set_sample_ratio(ratio, actor=self.actor(request)))
+
     async def write_key(self, request: web.Request) -> web.Response:
         self.authorize(request)
         value = parse_write_body(await request.read())
@@ -403,37 +414,63 @@ def _route_of(request: web.Request) -> str:
     return resource.canonical if resource is not None else UNMATCHED_ROUTE
 
 
-def _observe(on_request: Callable[[ApiRequest], None] | None, max_body_bytes: int) -> Any:
+def _observe(
+    on_request: Callable[[ApiRequest], None] | None, max_body_bytes: int, tracer: Tracer
+) -> Any:
     """The one middleware (each aiohttp middleware layer costs every request, and
-    ``/health`` is polled hard): every request, whatever happened inside, is reported
-    once (metrics), carries its trace context back in the ``traceparent`` header, and
-    every failure is answered by :func:`answer` as JSON."""
+    ``/health`` is polled hard): every request, whatever happened inside, runs in a
+    SERVER span (child of the caller's ``traceparent`` when valid, else a new trace) and
+    under its request id (the caller's ``X-Request-Id``, else a new one), so the
+    backend's spans and log lines join it; it is reported once (metrics), carries both
+    ids back in its headers, and every failure is answered by :func:`answer` as JSON."""
 
     @web.middleware
     async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.perf_counter()
-        request[_TRACE] = request_trace(request.headers.get("traceparent"))
+        route = _route_of(request)
+        request_id = accept_request_id(request.headers.get("X-Request-Id"))
         status = 500
-        try:
-            response = await answer(request, handler, max_body_bytes)
-            status = response.status
-        except asyncio.CancelledError:
-            status = request.get(_SENT, CLIENT_CLOSED)
-            raise
-        else:
-            if not response.prepared:
-                response.headers["traceparent"] = request[_TRACE].traceparent
-                response.headers.setdefault("X-Content-Type-Options", "nosniff")
-            return response
-        finally:
-            if on_request is not None:
-                event = ApiRequest(
-                    request.method, _route_of(request), status, time.perf_counter() - started
-                )
-                try:
-                    on_request(event)
-                except Exception:
-                    log.exception("on_request observer failed for %s", event)
+        with (
+            correlated(request_id=request_id),
+            span(
+                tracer,
+                f"{request.method} {route}",
+                {"http.request.method": request.method, "http.route": route,
+                 "url.path": request.path},
+                kind=SpanKind.SERVER,
+                parent=request.headers.get("traceparent"),
+            ) as server,
+        ):
+            ids = ids_of(server.get_span_context())
+            request[_TRACE] = TraceContext(
+                ids.trace_id if ids else "0" * 32,
+                ids.span_id if ids else "0" * 16,
+                "01" if ids and ids.sampled else "00",
+            )
+            try:
+                response = await answer(request, handler, max_body_bytes)
+                status = response.status
+            except asyncio.CancelledError:
+                status = request.get(_SENT, CLIENT_CLOSED)
+                raise
+            else:
+                if not response.prepared:
+                    response.headers["traceparent"] = request[_TRACE].traceparent
+                    response.headers["X-Request-Id"] = request_id
+                    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+                return response
+            finally:
+                server.set_attribute("http.response.status_code", status)
+                if status >= 500:
+                    server.set_status(Status(StatusCode.ERROR, f"HTTP {status}"))
+                if on_request is not None:
+                    event = ApiRequest(
+                        request.method, route, status, time.perf_counter() - started
+                    )
+                    try:
+                        on_request(event)
+                    except Exception:
+                        log.exception("on_request observer failed for %s", event)
 
     return observe
 
@@ -490,14 +527,16 @@ def build_app(
     max_body_bytes: int,
     on_request: Callable[[ApiRequest], None] | None = None,
     health_max_age_s: float = 0.0,
+    tracer: Tracer | None = None,
 ) -> web.Application:
-    """The admin API and the operator's page for one node, ready for an AppRunner."""
+    """The admin API and the operator's page for one node, ready for an AppRunner.
+    ``tracer``: where request spans go (default: no-op, trace ids still propagate)."""
     api = AdminApi(
         backend, token=token, max_body_bytes=max_body_bytes, health_max_age_s=health_max_age_s
     )
     app = web.Application(
         client_max_size=max_body_bytes,
-        middlewares=[_observe(on_request, max_body_bytes)],
+        middlewares=[_observe(on_request, max_body_bytes, tracer or unrecorded_tracer())],
     )
 
     async def on_shutdown(_app: web.Application) -> None:
@@ -519,4 +558,6 @@ def build_app(
     app.router.add_get("/v1/datastore", api.datastore)
     app.router.add_put("/v1/datastore/{key}", api.write_key)
     app.router.add_post("/v1/commands/{trigger}", api.command)
+    app.router.add_get("/v1/tracing", api.tracing)
+    app.router.add_put("/v1/tracing", api.set_tracing)
     return app

@@ -10,6 +10,13 @@ limited, and never stops the others or the bus.
 
 Everything except :meth:`EventBus.publish_threadsafe` runs on the event loop's thread,
 so the counters need no lock.
+
+An instrument (:class:`BusInstrument`) sees what observers cannot: each event as it is
+published, the dispatch of it (observers run inside :meth:`BusInstrument.processing`,
+so their log lines carry the event's trace and request ids), and each drop. The
+default one only restores the event's trace context for the observers
+(:class:`CorrelatingInstrument`); :class:`mxrc.obs.bus_tracing.BusTracing` also makes
+spans.
 """
 
 from __future__ import annotations
@@ -21,10 +28,12 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractContextManager
 from types import MappingProxyType
-from typing import Final
+from typing import Any, Final, Protocol
 
-from mxrc.service.events import BusEvent
+from mxrc.obs.correlation import correlated
+from mxrc.service.events import BusEvent, traceparent_of
 
 log = logging.getLogger("mxrc.service.bus")
 
@@ -35,6 +44,32 @@ Observer = Callable[[BusEvent], Awaitable[None] | None]
 YIELD_EVERY: Final = 64
 #: After an observer's first logged failure, at most one summary line per this long.
 ERROR_LOG_INTERVAL_S: Final = 60.0
+
+
+class BusInstrument(Protocol):
+    """Hooks around an event's life on the bus (all on the event loop's thread)."""
+
+    def published(self, event: BusEvent) -> Any:
+        """Called as ``event`` is queued; what it returns is handed back below."""
+
+    def processing(self, event: BusEvent, carrier: Any) -> AbstractContextManager[object]:
+        """Entered around the observers' handling of ``event``."""
+
+    def dropped(self, event: BusEvent, carrier: Any) -> None:
+        """``event`` left the queue without reaching the observers."""
+
+
+class CorrelatingInstrument:
+    """Observers run under the event's own trace context, nothing more."""
+
+    def published(self, event: BusEvent) -> Any:
+        return None
+
+    def processing(self, event: BusEvent, carrier: Any) -> AbstractContextManager[object]:
+        return correlated(traceparent=traceparent_of(event))
+
+    def dropped(self, event: BusEvent, carrier: Any) -> None:
+        return None
 
 
 class _ErrorLog:
@@ -58,12 +93,19 @@ class EventBus:
     observer name.
     """
 
-    def __init__(self, capacity: int, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        capacity: int,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        instrument: BusInstrument | None = None,
+    ) -> None:
         if capacity < 1:
             raise ValueError(f"EventBus capacity must be at least 1, got {capacity}")
         self._capacity = capacity
         self._clock = clock
-        self._queue: deque[tuple[int, BusEvent]] = deque()
+        self.instrument: BusInstrument = instrument or CorrelatingInstrument()
+        self._queue: deque[tuple[int, BusEvent, Any]] = deque()
         self._observers: list[tuple[str, Observer]] = []
         self._errors: dict[str, int] = {}
         self._error_logs: dict[str, _ErrorLog] = {}
@@ -133,10 +175,11 @@ class EventBus:
         """Queue ``event`` (event loop thread only). Never blocks: a full queue drops its
         oldest event and counts it."""
         if len(self._queue) >= self._capacity:
-            self._queue.popleft()
+            _index, lost, carrier = self._queue.popleft()
             self._dropped += 1
+            self.instrument.dropped(lost, carrier)
             self._settle_drainers()
-        self._queue.append((self._published, event))
+        self._queue.append((self._published, event, self.instrument.published(event)))
         self._published += 1
         self._wakeup.set()
 
@@ -185,18 +228,19 @@ class EventBus:
             self._running = False
 
     async def _dispatch_next(self) -> None:
-        index, event = self._queue.popleft()
+        index, event, carrier = self._queue.popleft()
         self._in_flight = index
         try:
-            for name, observer in tuple(self._observers):
-                try:
-                    result = observer(event)
-                    # Plain observers return None: no awaitable probe for them (every
-                    # API request is an event, and /health is polled hard).
-                    if result is not None and inspect.isawaitable(result):
-                        await result
-                except Exception as exc:
-                    self._observer_failed(name, event, exc)
+            with self.instrument.processing(event, carrier):
+                for name, observer in tuple(self._observers):
+                    try:
+                        result = observer(event)
+                        # Plain observers return None: no awaitable probe for them (every
+                        # API request is an event, and /health is polled hard).
+                        if result is not None and inspect.isawaitable(result):
+                            await result
+                    except Exception as exc:
+                        self._observer_failed(name, event, exc)
             self._delivered += 1
         finally:
             self._in_flight = None

@@ -24,6 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import functools
+import logging
 import os
 import time
 from collections import deque
@@ -43,9 +46,14 @@ from mxrc.ha.backend import NO_LEADERSHIP, HaBackend, Leadership
 from mxrc.ha.factory import lease_terms, make_backend
 from mxrc.ha.lease import remaining_s
 from mxrc.node import BootReport, Node
+from mxrc.obs.bus_tracing import BusTracing
+from mxrc.obs.correlation import current_traceparent
+from mxrc.obs.logs import set_process_fields
 from mxrc.obs.metrics import NonrtMetrics
+from mxrc.obs.tracing import Tracing, span
 from mxrc.rt.controlblock import ControlBlock, ControlBlockWriter, Mode
 from mxrc.rt.datastore import DataStore, DataStoreSegment, Side
+from mxrc.rt.numa import host_plan, place_segments
 from mxrc.rt.process import RING_LAYOUT, key_table, segment_names
 from mxrc.rt.ring import Ring
 from mxrc.rt.shm import ShmError, validate_header
@@ -63,12 +71,15 @@ from mxrc.service.events import (
 )
 from mxrc.service.health import HealthInputs, HealthReport, Status, Thresholds, evaluate
 from mxrc.service.health import readiness as health_readiness
+from mxrc.service.logbook import Logbook
 from mxrc.service.ports import OPERATOR_COMMANDS, BadInput, NotPermitted, Readiness
 from mxrc.service.ringfeed import RingFeed
+from mxrc.service.rt_spans import CycleSpans
 from mxrc.statechart import Chart, default_registry
 from mxrc.statemachine import TriggerRejected
 
 T = TypeVar("T")
+log = logging.getLogger("mxrc.nonrt")
 
 #: RT fault causes that are the cycle obeying us (we left RUNNING), not a fault.
 EXPECTED_RT_CAUSES: Final = frozenset({"mode_left_running"})
@@ -139,6 +150,11 @@ def lease_fault(lead: Leadership, driving_token: int) -> str | None:
     return None
 
 
+def _log_notice(line: str) -> None:
+    """Where the node's own notices (recovery, damaged checkpoints) go by default."""
+    logging.getLogger("mxrc.node").warning("%s", line)
+
+
 def _cycle_window(samples: deque[tuple[int, int, int]], now_ns: int, window_s: float) -> None:
     horizon = now_ns - int(window_s * 2e9)  # keep two windows: the rate needs a baseline
     while samples and samples[0][0] < horizon:
@@ -152,16 +168,24 @@ class Controller:
         self,
         config: Config,
         *,
-        notice: Callable[[str], None] = print,
+        notice: Callable[[str], None] | None = None,
         backend: HaBackend | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.config = config
         self.node_id = config.node_id
         self.chart: Chart = default_registry().get("rt")
-        self.notice = notice
+        self.notice = notice or _log_notice
+        self.tracing = tracing or Tracing(
+            service_name="mxrc-nonrt",
+            node=self.node_id,
+            ratio=float(config["tracing.sample_ratio"]),
+        )
+        self.tracer = self.tracing.tracer
+        set_process_fields(node=self.node_id)
         self.metrics = NonrtMetrics(self.node_id, tuple(self.chart.states))
         self.registry = self.metrics.registry
-        self.bus = EventBus(int(config["nonrt.bus_queue"]))
+        self.bus = EventBus(int(config["nonrt.bus_queue"]), instrument=BusTracing(self.tracer))
         self.thresholds = Thresholds.from_config(config)
         self.terms = lease_terms(config)
         self.ha: HaBackend = backend or make_backend(config)
@@ -176,7 +200,7 @@ class Controller:
             "is_healthy": self._healthy_enough_to_start,
             "cause_cleared": lambda: not self.active_conditions(),
         }
-        self.node = Node(config, self.chart, guards, notice=notice)
+        self.node = Node(config, self.chart, guards, notice=self.notice, tracer=self.tracer)
         self.node.on_record(self._on_record)
         self.node.on_fsync(lambda _records, seconds: self.metrics.observe_fsync(seconds))
         self.recent: deque[Record] = deque(maxlen=int(config["nonrt.events_memory"]))
@@ -207,7 +231,13 @@ class Controller:
         """Create the shared memory, recover and boot the node, take the lease, start
         the loops. The control block says "hold" until the state says otherwise."""
         self._loop = asyncio.get_running_loop()
-        self.segments = create_segments(self.config)
+        segments, placed = place_segments(  # on the RT CPU's NUMA node: mxrc.rt.numa
+            host_plan(self.config).shm,
+            lambda: create_segments(self.config),
+            lambda s: (s.control.segment.buf, s.ring.segment.buf, s.store.segment.buf),
+        )
+        self.segments = segments
+        self.notice(f"mxrc nonrt: shared memory: {placed.text}")
         self.block = self.segments.control.writer()
         self.block.write(Mode.INIT, 0, 0)
         self.store = self.segments.store.store(Side.NONRT)
@@ -218,6 +248,8 @@ class Controller:
         )
         self.bus.subscribe("metrics", self.metrics.observe)
         self.bus.subscribe("controller", self._observe)
+        self.bus.subscribe("log", Logbook(int(self.config["cycle.frame_slots"])))
+        self.bus.subscribe("cycle_spans", CycleSpans(self.tracing))
         self.bus.subscribe("stream", self._fan_out)
         try:
             self.boot = await self._state(self.node.start)
@@ -248,9 +280,9 @@ class Controller:
         if self.stopping or task.cancelled():
             return
         error = task.exception()
-        self.notice(
-            f"mxrc nonrt: internal loop {task.get_name()!r} ended "
-            f"({type(error).__name__}: {error}); holding outputs"
+        log.error(
+            "internal loop %r ended (%s: %s); holding outputs",
+            task.get_name(), type(error).__name__, error, exc_info=error,
         )
         self._safety_fault(f"internal_{task.get_name()}")
 
@@ -284,11 +316,15 @@ class Controller:
             self._executor.shutdown(wait=True)
             if self.segments is not None:
                 self.segments.close()
+            self.tracing.shutdown()
 
     async def _state(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run ``fn`` on the state thread (statechart, log, checkpoints)."""
+        """Run ``fn`` on the state thread (statechart, log, checkpoints), in the caller's
+        context: its span and request id follow the work (``run_in_executor`` alone
+        would run it in the thread's own, empty context)."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+        call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
+        return await loop.run_in_executor(self._executor, call)
 
     # ------------------------------------------------------------------ control block
 
@@ -302,7 +338,7 @@ class Controller:
             mode = Mode.from_state(self.node.state) if self.node._machine else Mode.INIT
             if mode == Mode.RUNNING:
                 mode = Mode.SAFE_MODE
-            self.block.write(mode, self.leadership.token, 0)
+            self.block.write(mode, self.leadership.token, 0, current_traceparent())
 
     def _mirror(self) -> None:
         """Make the block say what the durable state says (called after transitions)."""
@@ -311,6 +347,7 @@ class Controller:
             return
         mode = Mode.from_state(self.node.state)
         lead = self.leadership
+        trace = current_traceparent()  # the transition's, when a command or fault mirrors
         if mode != Mode.RUNNING:
             self._driving_token = 0
         if mode == Mode.RUNNING and not self.stopping and self._lease_valid():
@@ -319,13 +356,13 @@ class Controller:
             # A token other than the one RUNNING began with is never written as a
             # permission: the cycle would refuse it anyway (token_changed).
             if lead.token == self._driving_token:
-                self.block.write(Mode.RUNNING, lead.token, lead.deadline_ns)
+                self.block.write(Mode.RUNNING, lead.token, lead.deadline_ns, trace)
                 return
-            self.block.write(Mode.SAFE_MODE, lead.token, 0)
+            self.block.write(Mode.SAFE_MODE, lead.token, 0, trace)
         elif mode == Mode.RUNNING:
-            self.block.write(Mode.SAFE_MODE, lead.token, 0)
+            self.block.write(Mode.SAFE_MODE, lead.token, 0, trace)
         else:
-            self.block.write(mode, lead.token, 0)
+            self.block.write(mode, lead.token, 0, trace)
 
     # ------------------------------------------------------------------ leadership
 
@@ -401,7 +438,7 @@ class Controller:
             try:
                 await self._state(self.node.fire, "start", actor="ha", cause="auto_start")
             except (TriggerRejected, MxrcError) as exc:
-                self.notice(f"mxrc nonrt: auto start refused: {exc}")
+                log.warning("auto start refused: %s", exc)
             finally:
                 self._fault_pending.discard("start")
                 self._mirror()
@@ -438,7 +475,7 @@ class Controller:
             if "fault" in self.node.legal_triggers():
                 await self._state(self.node.fire, "fault", cause=cause, actor="system")
         except (TriggerRejected, MxrcError) as exc:
-            self.notice(f"mxrc nonrt: could not journal fault({cause}): {exc}")
+            log.error("could not journal fault(%s): %s", cause, exc)
         finally:
             self._fault_pending.discard(cause)
             self._mirror()
@@ -466,10 +503,6 @@ class Controller:
             self.cycle_samples.clear()
             if restarted and active:
                 self._safety_fault("rt_restart")
-            self.notice(
-                f"mxrc nonrt: RT process {'re' if restarted else ''}started on CPU {event.cpu}"
-                f" ({'SCHED_FIFO ' + str(event.priority) if event.priority else 'not SCHED_FIFO'})"
-            )
         elif isinstance(event, RtFault):
             if event.cause not in EXPECTED_RT_CAUSES and state == "RUNNING":
                 self._safety_fault(f"rt_{event.cause}")
@@ -477,7 +510,7 @@ class Controller:
             self.rt_attached = False
             if active:
                 what = "rt_stopped" if isinstance(event, RtStopped) else "rt_lost"
-                self.notice(f"mxrc nonrt: the RT process is gone ({what}); holding outputs")
+                log.warning("the RT process is gone (%s); holding outputs", what)
                 self._safety_fault(what)
 
     def _leadership_follows_state(self, record: Record) -> None:
@@ -592,6 +625,9 @@ class Controller:
     async def command(
         self, trigger: str, *, actor: str, cause: str | None, traceparent: str
     ) -> Record:
+        """An operator command, in a span that is the parent of everything it causes: the
+        event-log append, the control-block write, and (recorded from the ring) the cycle
+        acting on the new mode."""
         if trigger not in OPERATOR_COMMANDS:
             raise BadInput(
                 "trigger", f"{trigger!r} is not a command; commands: {', '.join(OPERATOR_COMMANDS)}"
@@ -599,22 +635,32 @@ class Controller:
         chart_trigger = "fault" if trigger == "safe_mode" else trigger
         if chart_trigger == "fault" and not cause:
             cause = "operator"
-        if chart_trigger != "start" and self.node.state in self.chart.driving_states:
-            self._hold()  # a stop or safe_mode withdraws the permission before the record
-        try:
-            return await self._state(
-                self.node.fire, chart_trigger, cause=cause, actor=actor, traceparent=traceparent
-            )
-        except TriggerRejected as exc:
-            if trigger == "start" and set(exc.failed_guards) & PERMISSION_GUARDS:
-                raise NotPermitted(
-                    f"start refused: this node is not leader with quorum "
-                    f"({self.leadership.detail})",
-                    reason=", ".join(sorted(set(exc.failed_guards) & PERMISSION_GUARDS)),
-                ) from exc
-            raise
-        finally:
-            self._mirror()
+        with span(
+            self.tracer,
+            f"statechart {chart_trigger}",
+            {"mxrc.trigger": chart_trigger, "mxrc.actor": actor, "mxrc.cause": cause,
+             "mxrc.rt.state": self.node.state},
+            parent=traceparent,
+        ) as current:
+            if chart_trigger != "start" and self.node.state in self.chart.driving_states:
+                self._hold()  # a stop or safe_mode withdraws the permission before the record
+            try:
+                record = await self._state(
+                    self.node.fire, chart_trigger, cause=cause, actor=actor,
+                    traceparent=current_traceparent(),
+                )
+            except TriggerRejected as exc:
+                if trigger == "start" and set(exc.failed_guards) & PERMISSION_GUARDS:
+                    raise NotPermitted(
+                        f"start refused: this node is not leader with quorum "
+                        f"({self.leadership.detail})",
+                        reason=", ".join(sorted(set(exc.failed_guards) & PERMISSION_GUARDS)),
+                    ) from exc
+                raise
+            finally:
+                self._mirror()
+            current.set_attribute("mxrc.eventlog.seq", record["seq"])
+            return record
 
     async def write_key(self, key: str, value: Any, *, actor: str, traceparent: str) -> Record:
         if self.store is None:
@@ -628,20 +674,40 @@ class Controller:
             raise BadInput("key", f"{key!r} is written by the RT process, not by clients")
         normalised = normalise_value(spec.type, spec.words, value)
         previous = self.store.get(key)
-        record = await self._state(
-            self.node.journal,
-            "datastore_write",
-            {
-                "key": key,
-                "value": normalised,
-                "previous": list(previous) if isinstance(previous, tuple) else previous,
-                "actor": actor,
-                "critical": spec.critical,
-            },
-            traceparent=traceparent,
-        )
-        self.store.set(key, normalised)  # only once the record is durable
+        with span(
+            self.tracer, "datastore write", {"mxrc.datastore.key": key, "mxrc.actor": actor},
+            parent=traceparent,
+        ):
+            record = await self._state(
+                self.node.journal,
+                "datastore_write",
+                {
+                    "key": key,
+                    "value": normalised,
+                    "previous": list(previous) if isinstance(previous, tuple) else previous,
+                    "actor": actor,
+                    "critical": spec.critical,
+                },
+                traceparent=current_traceparent(),
+            )
+            self.store.set(key, normalised)  # only once the record is durable
         return record
+
+    def tracing_view(self) -> Mapping[str, Any]:
+        return {
+            "sample_ratio": self.tracing.ratio,
+            "parent_based": True,
+            "export": self.tracing.export,
+        }
+
+    def set_sample_ratio(self, ratio: float, *, actor: str) -> Mapping[str, Any]:
+        before = self.tracing.ratio
+        self.tracing.set_ratio(ratio)
+        log.warning(
+            "tracing: sample ratio %g → %g (by %s; tracing.sample_ratio applies again after "
+            "a restart)", before, ratio, actor,
+        )
+        return self.tracing_view()
 
     def _restore_critical_keys(self) -> None:
         """Critical keys come back from the recovered state, so a restart keeps the last

@@ -70,6 +70,26 @@ class RtFault:
 
 
 @dataclass(frozen=True, slots=True)
+class RtModeApplied:
+    """The first cycle that saw a new mode in the control block, and what it did.
+
+    ``traceparent`` is the context nonrt wrote with the mode (the transition's span), so
+    the cycle's part of a command joins the command's trace; the cycle took
+    ``acted_ns`` from its wake-up to having acted (driving or holding) on the mode.
+    """
+
+    cycle: int
+    mono_ns: int
+    slot: int
+    mode: int
+    previous_mode: int
+    driving: bool
+    token: int
+    acted_ns: int
+    traceparent: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class RtStopped:
     cycle: int
     mono_ns: int
@@ -126,6 +146,7 @@ BusEvent = (
     | CycleHistogram
     | RtStarted
     | RtFault
+    | RtModeApplied
     | RtStopped
     | RtLost
     | RingDrops
@@ -133,3 +154,12 @@ BusEvent = (
     | LeaseChanged
     | ApiRequest
 )
+
+
+def traceparent_of(event: BusEvent) -> str | None:
+    """The trace context an event belongs to: its own, or its record's."""
+    if isinstance(event, Journaled):
+        value = event.record.get("traceparent")
+        return value if isinstance(value, str) else None
+    value = getattr(event, "traceparent", None)
+    return value if isinstance(value, str) else None

@@ -6,9 +6,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import Any, Final
@@ -18,7 +18,9 @@ from aiohttp import web
 from mxrc import __version__
 from mxrc.config import Config, describe_defaults
 from mxrc.errors import CorruptLogError, MxrcError
+from mxrc.obs.logs import LogPipeline, LogSettings
 from mxrc.rt.cpu import parse_cpulist
+from mxrc.rt.numa import prefer_for_nonrt
 from mxrc.rt.sched import allowed_cpus, default_cpu, housekeeping_cpus
 from mxrc.service.api import build_app
 from mxrc.service.auth import load_or_create_token
@@ -69,12 +71,16 @@ def token_path(config: Config) -> Path:
     return Path(configured) if configured else config.data_dir / "api-token"
 
 
+log = logging.getLogger("mxrc.nonrt")
+
+
 def say(line: str) -> None:
-    print(line, file=sys.stdout, flush=True)
+    log.info("%s", line)
 
 
 async def serve(config: Config, notifier: Notifier) -> int:
-    controller = Controller(config, notice=say)
+    controller = Controller(config)
+    say(controller.tracing.describe())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -99,6 +105,7 @@ async def serve(config: Config, notifier: Notifier) -> int:
             max_body_bytes=int(config["api.max_body_bytes"]),
             on_request=controller.bus.publish,
             health_max_age_s=float(config["api.health_cache_ms"]) / 1000,
+            tracer=controller.tracer,
         )
         runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await runner.setup()
@@ -113,7 +120,7 @@ async def serve(config: Config, notifier: Notifier) -> int:
         url = api_url(runner, str(config["api.host"]))
         controller.announce(url, token_file)
         say(
-            f"mxrc nonrt {__version__}: node {config.node_id}, state {controller.node.state} "
+            f"node {config.node_id}, state {controller.node.state} "
             f"(recovered {boot.recovered_state}, previous shutdown {boot.previous_shutdown}); "
             f"admin API {url}; token {token_file}"
         )
@@ -129,7 +136,7 @@ async def serve(config: Config, notifier: Notifier) -> int:
         await controller.stop(reason)
         if runner is not None:
             await runner.cleanup()
-        say(f"mxrc nonrt: stopped cleanly; state {controller.node.state}")
+        say(f"stopped cleanly; state {controller.node.state}")
     return 0
 
 
@@ -183,6 +190,16 @@ def place_process(config: Config) -> str:
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     placement = place_process(config)
-    say(f"mxrc nonrt: running on {placement}")
-    notifier = Notifier.from_environment()
-    return asyncio.run(serve(config, notifier))
+    memory = prefer_for_nonrt(config)  # still the only thread: every later one inherits it
+    # The log writer thread starts after both, so it inherits the placement too.
+    with LogPipeline(
+        LogSettings.from_config(config, "mxrc-nonrt"), process_name="mxrc-nonrt"
+    ) as logs:
+        say(f"mxrc nonrt {__version__}: running on {placement}; numa: {memory.text}")
+        say(logs.describe())
+        notifier = Notifier.from_environment()
+        try:
+            return asyncio.run(serve(config, notifier))
+        except MxrcError as exc:
+            logs.report(log, exc)
+            raise

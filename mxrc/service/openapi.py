@@ -8,7 +8,6 @@ outcome to status codes. Nothing here touches the node, which keeps it testable 
 
 from __future__ import annotations
 
-import random
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from typing import Any, Final
 import orjson
 
 from mxrc import __version__
+from mxrc.obs import correlation
 from mxrc.resources import data_dir
 
 EVENTS_LIMIT_DEFAULT: Final = 100
@@ -37,14 +37,10 @@ class RequestError(Exception):
 
 # --- trace context ------------------------------------------------------------------------
 
-#: Ids only need to be unique, not secret: no system call per request on the /health path.
-_random = random.Random()
-_TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$")
-
 
 @dataclass(frozen=True)
 class TraceContext:
-    """The W3C trace context of one request: the caller's trace, our own span."""
+    """The W3C trace context of one request: the trace, and the request's own span."""
 
     trace_id: str
     parent_id: str
@@ -56,33 +52,16 @@ class TraceContext:
 
 
 def parse_traceparent(header: str | None) -> TraceContext | None:
-    """The caller's context, or None when the header is absent or invalid.
-
-    Rules of W3C Trace Context level 1: lowercase hex, version ``ff`` forbidden, all-zero
-    trace or parent ids invalid, version 00 exactly 55 characters; a later version may
-    append fields after a dash, which are ignored."""
-    if header is None:
+    """The caller's context, or None when the header is absent or invalid (the rules are
+    :func:`mxrc.obs.correlation.parse_traceparent`'s)."""
+    span_context = correlation.parse_traceparent(header)
+    if span_context is None:
         return None
-    value = header.strip()
-    match = _TRACEPARENT.match(value)
-    if match is None:
-        return None
-    version, trace_id, parent_id, flags, rest = match.groups()
-    if version == "ff" or (version == "00" and rest is not None):
-        return None
-    if trace_id == "0" * 32 or parent_id == "0" * 16:
-        return None
-    return TraceContext(trace_id, parent_id, flags)
-
-
-def request_trace(header: str | None) -> TraceContext:
-    """The context this request's work runs under: a new span of the caller's trace when
-    the header is valid (an invalid one is ignored, as the spec asks), else a new trace."""
-    parent = parse_traceparent(header)
-    span = f"{_random.getrandbits(64) or 1:016x}"
-    if parent is None:
-        return TraceContext(f"{_random.getrandbits(128) or 1:032x}", span, "01")
-    return TraceContext(parent.trace_id, span, parent.flags)
+    return TraceContext(
+        f"{span_context.trace_id:032x}",
+        f"{span_context.span_id:016x}",
+        f"{int(span_context.trace_flags):02x}",
+    )
 
 
 # --- bodies -------------------------------------------------------------------------------
@@ -133,6 +112,19 @@ def parse_write_body(raw: bytes) -> Any:
     if "value" not in doc:
         raise RequestError("value", "required")
     return doc["value"]
+
+
+def parse_tracing_body(raw: bytes) -> float:
+    """``PUT /v1/tracing``: ``{"sample_ratio": 0..1}``."""
+    doc = _json_object(raw, required=True)
+    assert doc is not None
+    _no_other_fields(doc, ("sample_ratio",))
+    if "sample_ratio" not in doc:
+        raise RequestError("sample_ratio", "required (a number in 0..1)")
+    ratio = doc["sample_ratio"]
+    if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 <= ratio <= 1:
+        raise RequestError("sample_ratio", f"must be a number in 0..1, got {ratio!r}")
+    return float(ratio)
 
 
 # --- query --------------------------------------------------------------------------------
@@ -513,6 +505,21 @@ def _schemas(
             "additionalProperties": False,
             "properties": {"value": dict(write_value)},
         },
+        "TracingBody": {
+            "type": "object",
+            "required": ["sample_ratio"],
+            "additionalProperties": False,
+            "properties": {"sample_ratio": {"type": "number", "minimum": 0, "maximum": 1}},
+        },
+        "Tracing": {
+            "type": "object",
+            "required": ["sample_ratio", "parent_based", "export"],
+            "properties": {
+                "sample_ratio": {"type": "number", "minimum": 0, "maximum": 1},
+                "parent_based": {"type": "boolean"},
+                "export": {"type": ["string", "null"]},
+            },
+        },
         "EventType": {"enum": list(event_types)},
         "StreamEvent": {
             "type": "object",
@@ -788,6 +795,29 @@ def build_document(
                     "413": too_large,
                 },
             }
+        },
+        "/v1/tracing": {
+            "get": {
+                "summary": "the trace sampler's ratio and where spans are exported",
+                "responses": {"200": _json(_ref("Tracing"), "the tracing settings")},
+            },
+            "put": {
+                "summary": "change the sample ratio of new traces at run time",
+                "description": "Parent-based: a caller's sampled trace is always followed; "
+                "the ratio applies to traces that start in this node. Not persisted: "
+                "tracing.sample_ratio applies again after a restart.",
+                "security": [{"bearer": []}],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("TracingBody")}},
+                },
+                "responses": {
+                    "200": _json(_ref("Tracing"), "the tracing settings now in force"),
+                    "400": _error("bad body or a ratio outside 0..1", "FieldError"),
+                    "401": unauthorized,
+                    "413": too_large,
+                },
+            },
         },
         "/v1/commands/{trigger}": {
             "post": {

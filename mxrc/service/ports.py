@@ -101,6 +101,14 @@ class AdminBackend(Protocol):
         Raises :class:`BadInput` (unknown key, RT-side key, value of the wrong type)."""
         ...
 
+    def tracing_view(self) -> Mapping[str, Any]:
+        """``sample_ratio``, ``parent_based``, ``export`` (None: spans not exported)."""
+        ...
+
+    def set_sample_ratio(self, ratio: float, *, actor: str) -> Mapping[str, Any]:
+        """Change the ratio of new traces now; the new :meth:`tracing_view`."""
+        ...
+
     def events(self, *, after: int, limit: int, types: frozenset[str] | None) -> list[Record]:
         """Records with ``seq > after``, oldest first, at most ``limit``."""
         ...

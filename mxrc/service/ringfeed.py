@@ -26,6 +26,12 @@ from mxrc.rt.process import (
     FAULT_LEASE_LEFT_NS,
     FAULT_MODE,
     FAULT_TOKEN,
+    MODE_ACTED_NS,
+    MODE_DRIVING,
+    MODE_NEW,
+    MODE_PREVIOUS,
+    MODE_SLOT,
+    MODE_TOKEN,
     STATUS_DRIVING,
     STATUS_JOINT_POSITION,
     STATUS_MISSES,
@@ -47,6 +53,7 @@ from mxrc.service.events import (
     RingDrops,
     RtFault,
     RtLost,
+    RtModeApplied,
     RtStarted,
     RtStopped,
 )
@@ -134,6 +141,20 @@ def _fault(record: Record, p: tuple[float, ...]) -> BusEvent | None:
     )
 
 
+def _mode_applied(record: Record, p: tuple[float, ...]) -> BusEvent | None:
+    return RtModeApplied(
+        cycle=record.cycle,
+        mono_ns=record.t_ns,
+        slot=_int(p[MODE_SLOT]),
+        mode=_int(p[MODE_NEW]),
+        previous_mode=_int(p[MODE_PREVIOUS]),
+        driving=p[MODE_DRIVING] >= 0.5,
+        token=_int(p[MODE_TOKEN]),
+        acted_ns=_int(p[MODE_ACTED_NS]),
+        traceparent=_traceparent(record),
+    )
+
+
 def _started(record: Record, p: tuple[float, ...]) -> BusEvent | None:
     return RtStarted(
         cycle=record.cycle,
@@ -160,6 +181,7 @@ _DECODERS: Final[dict[int, Callable[[Record, tuple[float, ...]], BusEvent | None
     RecordType.FAULT: _fault,
     RecordType.STOPPED: _stopped,
     CYCLE_HISTOGRAM: _histogram,
+    RecordType.MODE_APPLIED: _mode_applied,
 }
 
 

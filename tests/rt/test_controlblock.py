@@ -16,6 +16,7 @@ import pytest
 
 from mxrc.rt.controlblock import (
     DEADLINE_WORD,
+    NO_TRACE,
     READ_ATTEMPTS,
     SEQ_WORD,
     ControlBlock,
@@ -25,8 +26,11 @@ from mxrc.rt.controlblock import (
     Mode,
     control_block_layout,
     drive_permitted,
+    next_trace,
     seqlock_begin,
     seqlock_stable,
+    trace_words,
+    traceparent_of_words,
 )
 from mxrc.rt.shm import LocalRegion, SegmentKind
 from tests.rt import CHILD_TIMED_OUT, children, seeded_rng, segment_names, wait_until
@@ -249,3 +253,42 @@ def test_sigkilled_writer_leaves_a_consistent_or_refused_block() -> None:
         assert reader.drive_permitted(0, 42)
         assert q[seq_word + DEADLINE_WORD - SEQ_WORD] == 1 << 62
     print(f"control block sigkill: {refused} of 20 kills landed mid-write (seed {seed})")
+
+
+# --- trace context written with the mode ---------------------------------------------------
+
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+def test_trace_words_round_trip_and_refuse_what_is_no_trace() -> None:
+    words = trace_words(TRACEPARENT)
+    assert words == (0x4BF92F3577B34DA6, 0xA3CE929D0E0E4736, 0x00F067AA0BA902B7, 1)
+    assert traceparent_of_words(words) == TRACEPARENT
+    for bad in (None, "", "garbage", "00-" + "0" * 32 + "-00f067aa0ba902b7-01",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01"):  # fmt: skip
+        assert trace_words(bad) == NO_TRACE
+    assert traceparent_of_words(NO_TRACE) is None
+
+
+def test_the_trace_is_sticky_until_the_mode_changes() -> None:
+    given = trace_words(TRACEPARENT)
+    assert next_trace(None, NO_TRACE, Mode.RUNNING, given) == given
+    assert next_trace(Mode.RUNNING, given, Mode.RUNNING, None) == given  # a renewal
+    assert next_trace(Mode.RUNNING, given, Mode.SAFE_MODE, None) == NO_TRACE  # untraced change
+    other = trace_words("00-" + "1" * 32 + "-" + "2" * 16 + "-00")
+    assert next_trace(Mode.RUNNING, given, Mode.RUNNING, other) == other
+
+
+def test_the_cycle_reads_the_trace_of_the_version_it_saw() -> None:
+    writer, reader, _region = local_block()
+    writer.write(Mode.RUNNING, 7, 10**18, TRACEPARENT)
+    state = reader.read()
+    assert state is not None
+    assert reader.trace_at(state.version) == trace_words(TRACEPARENT)
+    writer.write(Mode.RUNNING, 7, 2 * 10**18)  # a renewal keeps it ...
+    renewed = reader.read()
+    assert renewed is not None and reader.trace_at(renewed.version) == trace_words(TRACEPARENT)
+    assert reader.trace_at(state.version) is None  # ... and an old snapshot's is gone
+    writer.write(Mode.SAFE_MODE, 7, 0)
+    held = reader.read()
+    assert held is not None and reader.trace_at(held.version) == NO_TRACE

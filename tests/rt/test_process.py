@@ -14,6 +14,7 @@ stopping because the cycle stopped, not because anything was simulated.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -43,6 +44,11 @@ from mxrc.rt.process import (
     HISTOGRAM_COUNTS,
     HISTOGRAM_SUM_NS,
     HISTOGRAM_TOTAL,
+    MODE_ACTED_NS,
+    MODE_DRIVING,
+    MODE_NEW,
+    MODE_PREVIOUS,
+    MODE_TOKEN,
     RING_LAYOUT,
     STARTED_CPU,
     STARTED_PERIOD_NS,
@@ -180,6 +186,11 @@ attach_wait_s = 1.0
             segment.close()  # the creator unlinks
 
 
+def messages(stderr: str) -> list[str]:
+    """What mxrc rt said: its stderr is ECS JSON lines (not a terminal)."""
+    return [json.loads(line)["message"] for line in stderr.splitlines() if line.strip()]
+
+
 def keys_toml(table: KeyTable) -> str:
     """The ``[[datastore.keys]]`` declarations of ``table``, as a config file has them."""
     return "".join(
@@ -227,9 +238,10 @@ def test_cycle_publishes_status_on_a_pinned_fifo_thread(nonrt: Nonrt) -> None:
     _tid, priority, cpus = fifo[0]
     assert priority == 80
     assert cpus == {CPU}
-    code, out, _err = nonrt.stop()
-    assert code == 0
-    assert "SCHED_FIFO 80" in out and f"on CPU {CPU}" in out
+    code, out, err = nonrt.stop()
+    assert code == 0 and out == ""  # everything it says is a log record, on stderr
+    (start,) = [m for m in messages(err) if m.startswith("mxrc rt: node ")]
+    assert "SCHED_FIFO 80" in start and f"on CPU {CPU}" in start
 
 
 def test_running_with_a_valid_lease_drives_the_joint(nonrt: Nonrt) -> None:
@@ -241,6 +253,34 @@ def test_running_with_a_valid_lease_drives_the_joint(nonrt: Nonrt) -> None:
     # The default law follows a 1 rad point-to-point move: the joint must get going.
     nonrt.wait_for("the joint to move", lambda: position(nonrt) > 0.05)
     assert not faults(nonrt)
+
+
+def test_the_cycle_reports_each_new_mode_under_the_trace_written_with_it(nonrt: Nonrt) -> None:
+    """The cycle never traces; its MODE_APPLIED record carries the trace context nonrt
+    wrote into the control block with the mode, so nonrt can put the cycle's part into
+    the command's trace. Records after it keep that context until the next change."""
+    trace_id, span_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    nonrt.start()
+    nonrt.wait_status()
+    first = nonrt.of_type(RecordType.MODE_APPLIED)
+    assert len(first) == 1 and first[0].f64()[MODE_PREVIOUS] == -1  # what it found
+    assert first[0].trace_id == bytes(16)  # nothing was traced yet
+    nonrt.cb.write(Mode.RUNNING, TOKEN, time.monotonic_ns() + LEASE_NS,
+                   f"00-{trace_id}-{span_id}-01")  # fmt: skip
+    nonrt.wait_for("MODE_APPLIED RUNNING", lambda: len(nonrt.of_type(RecordType.MODE_APPLIED)) > 1)
+    applied = nonrt.of_type(RecordType.MODE_APPLIED)[1]
+    words = applied.f64()
+    assert (words[MODE_NEW], words[MODE_PREVIOUS]) == (Mode.RUNNING, first[0].f64()[MODE_NEW])
+    assert words[MODE_DRIVING] == 1.0 and words[MODE_TOKEN] == TOKEN
+    assert 0 < words[MODE_ACTED_NS] < PERIOD_NS  # acted within the cycle that saw it
+    assert (applied.trace_id.hex(), applied.span_id.hex(), applied.trace_flags) == (
+        trace_id, span_id, 1
+    )
+    # a renewal (same mode, no trace given) neither reports nor erases the trace
+    nonrt.cb.write(Mode.RUNNING, TOKEN, time.monotonic_ns() + LEASE_NS)
+    nonrt.wait_status(len(nonrt.of_type(RecordType.CYCLE_STATUS)) + 3)
+    assert len(nonrt.of_type(RecordType.MODE_APPLIED)) == 2
+    assert nonrt.of_type(RecordType.CYCLE_STATUS)[-1].trace_id.hex() == trace_id
 
 
 def test_a_new_lease_after_a_fault_drives_again(nonrt: Nonrt) -> None:
@@ -322,10 +362,10 @@ def test_ring_with_another_layout_is_refused(tmp_path: Path) -> None:
         proc = peer.start()
         out, err = proc.communicate(timeout=15)
         assert proc.returncode == RtLayoutError.exit_code
-        lines = err.strip().splitlines()
-        assert len(lines) == 1, err
-        assert lines[0].startswith("mxrc: shared memory segment")
-        assert "record_size" in lines[0] and "expected 128, found 192" in lines[0]
+        said = messages(err)  # one error record, not also a second copy by the CLI
+        assert len(said) == 1 and len(err.strip().splitlines()) == 1, err
+        assert said[0].startswith("shared memory segment")
+        assert "record_size" in said[0] and "expected 128, found 192" in said[0]
         assert out == ""
     finally:
         peer.close()
@@ -336,9 +376,10 @@ def test_sigterm_holds_outputs_and_writes_a_final_record(nonrt: Nonrt) -> None:
     nonrt.wait_status()
     nonrt.grant()
     nonrt.wait_driving()
-    code, out, err = nonrt.stop()
+    code, _out, err = nonrt.stop()
     assert code == 0, err
-    assert out.startswith("mxrc rt: node ") and out.count("\n") == 1
+    said = messages(err)
+    assert said[0].startswith("mxrc rt: node ") and len(said) == 1, said
     nonrt.poll()
     last = nonrt.records[-1]
     assert last.rtype == RecordType.STOPPED
@@ -355,9 +396,10 @@ def test_keys_declared_in_the_config_are_the_ones_attached(tmp_path: Path) -> No
         peer.store.set("gain", [1.0, 2.0, 3.0])
         peer.grant()
         peer.wait_for("the joint to move", lambda: position(peer) > 0.01)
-        code, out, err = peer.stop()
+        code, _out, err = peer.stop()
         assert code == 0, err
-        assert f"{segment_names('mxrc-test', f't{os.getpid()}')[2]} (4 keys)" in out
+        start = messages(err)[0]
+        assert f"{segment_names('mxrc-test', f't{os.getpid()}')[2]} (4 keys)" in start
     finally:
         peer.close()
 
@@ -370,9 +412,10 @@ def test_a_store_with_another_key_table_is_refused_naming_the_key(tmp_path: Path
         proc = peer.start()
         out, err = proc.communicate(timeout=15)
         assert proc.returncode == RtLayoutError.exit_code, err
-        lines = err.strip().splitlines()
-        assert len(lines) == 1, err
-        assert "key 'setpoint' is f64 here but i64 in the segment" in lines[0]
+        said = messages(err)  # one line, logged at error level (journalctl -p err)
+        assert len(said) == 1 and len(err.strip().splitlines()) == 1, err
+        assert "key 'setpoint' is f64 here but i64 in the segment" in said[0]
+        assert json.loads(err)["log.level"] == "error"
         assert out == ""
     finally:
         peer.close()
@@ -395,10 +438,10 @@ def test_the_cycle_thread_is_pinned_again_when_its_affinity_is_lost(nonrt: Nonrt
     while os.sched_getaffinity(tid) != {CPU}:
         assert time.monotonic() < deadline, "the cycle thread was not pinned again"
         time.sleep(0.05)
-    code, out, err = nonrt.stop()
+    code, _out, err = nonrt.stop()
     assert code == 0, err
-    lines = out.splitlines()
-    assert len(lines) == 2, out
+    lines = messages(err)
+    assert len(lines) == 2, err
     assert lines[1].startswith(f"mxrc rt: re-pinned the cycle thread (tid {tid}) to CPU {CPU}")
 
 

@@ -171,6 +171,7 @@ async def serve(
             max_body_bytes=max_body,
             on_request=seen.append,
             health_max_age_s=health_max_age_s,
+            tracer=controller.tracer,
         )
         async with TestClient(TestServer(app, host="127.0.0.1")) as client:
             if with_rt:

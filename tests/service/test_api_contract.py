@@ -21,8 +21,8 @@ from mxrc.service.openapi import (
     parse_events_query,
     parse_last_event_id,
     parse_traceparent,
+    parse_tracing_body,
     parse_write_body,
-    request_trace,
 )
 
 COMMANDS = ("start", "stop", "reset", "safe_mode")
@@ -64,18 +64,32 @@ def test_valid_traceparent_is_parsed() -> None:
     ],
 )
 def test_invalid_traceparent_is_ignored(header: str | None) -> None:
+    # ignored, not refused: the server span then starts a new trace (test_api_http)
     assert parse_traceparent(header) is None
-    fresh = request_trace(header)  # ... and a new trace begins
-    assert parse_traceparent(fresh.traceparent) == fresh
-    assert fresh.trace_id != "4bf92f3577b34da6a3ce929d0e0e4736"
 
 
-def test_request_trace_continues_the_callers_trace_with_a_new_span() -> None:
-    ctx = request_trace(VALID)
-    assert ctx.trace_id == "4bf92f3577b34da6a3ce929d0e0e4736"
-    assert ctx.flags == "01"
-    assert ctx.parent_id != "00f067aa0ba902b7" and len(ctx.parent_id) == 16
-    assert request_trace(VALID).parent_id != ctx.parent_id
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        (b"", "body"),
+        (b"{}", "sample_ratio"),
+        (b'{"sample_ratio": 1.5}', "sample_ratio"),
+        (b'{"sample_ratio": -0.1}', "sample_ratio"),
+        (b'{"sample_ratio": true}', "sample_ratio"),
+        (b'{"sample_ratio": "0.5"}', "sample_ratio"),
+        (b'{"sample_ratio": 0.5, "ratio": 1}', "ratio"),
+    ],
+)
+def test_tracing_body_refuses_what_is_not_a_ratio(raw: bytes, field: str) -> None:
+    with pytest.raises(RequestError) as caught:
+        parse_tracing_body(raw)
+    assert caught.value.field == field
+
+
+def test_tracing_body_accepts_the_bounds() -> None:
+    assert parse_tracing_body(b'{"sample_ratio": 0}') == 0.0
+    assert parse_tracing_body(b'{"sample_ratio": 1}') == 1.0
+    assert parse_tracing_body(b'{"sample_ratio": 0.25}') == 0.25
 
 
 # --- bodies ----------------------------------------------------------------------------

@@ -77,6 +77,12 @@ def node() -> Iterator[tuple[NamespacedSystemd, Path]]:
         work.rmdir()
 
 
+def journal_entries(system: NamespacedSystemd, *args: str) -> list[dict[str, str]]:
+    """``journalctl -o json`` entries (``--all``: long fields are not elided)."""
+    lines = system.journal(*args, "-o", "json", "--all").splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
 def api(work: Path, path: str, method: str = "GET") -> dict[str, object]:
     info = json.loads((work / "var" / "nonrt.json").read_text())
     token = Path(info["token_file"]).read_text().strip()
@@ -138,13 +144,37 @@ def test_units_run_under_a_real_systemd(node: tuple[NamespacedSystemd, Path]) ->
     assert view["state"] == "SAFE_MODE", view
     assert str(view["cause"]).startswith("rt_"), view  # rt_lost or rt_restart, journalled
 
-    # journald has the services' lines with their unit
-    lines = system.journal("-u", "mxrc-nonrt.service", "-o", "json").splitlines()
-    entries = [json.loads(line) for line in lines if line]
+    # journald has the services' lines with their unit, as structured entries sent over
+    # the native protocol (stderr is the journal, so the processes switch to it)
+    entries = journal_entries(system, "-u", "mxrc-nonrt.service")
     assert any(
         e.get("_SYSTEMD_UNIT") == "mxrc-nonrt.service" and "admin API" in str(e.get("MESSAGE"))
+        and e.get("_TRANSPORT") == "journal" and e.get("SYSLOG_IDENTIFIER") == "mxrc-nonrt"
+        and e.get("PRIORITY") == "6" and e.get("MXRC_NODE") == "node-1"
         for e in entries
     )
+    # field filters: the transition into SAFE_MODE, with its state, token and trace
+    into_safe = journal_entries(system, "-u", "mxrc-nonrt.service", "MXRC_RT_STATE=SAFE_MODE")
+    fault = [e for e in into_safe if "→ SAFE_MODE" in str(e.get("MESSAGE"))]
+    assert fault and fault[0]["ECS_VERSION"] and fault[0]["LOGGER"] == "mxrc.nonrt", into_safe
+    went = [e for e in entries if str(e.get("MESSAGE")).startswith("start: READY → RUNNING")]
+    assert went and len(went[0]["TRACE_ID"]) == 32 and went[0]["MXRC_LEASE_TOKEN"], went
+    # the RT process's own lines, and the cycle's (through the ring, logged by nonrt)
+    rt_entries = journal_entries(system, "-u", "mxrc-rt.service")
+    rt_start = [e for e in rt_entries if str(e.get("MESSAGE")).startswith("mxrc rt: node")]
+    assert rt_start and all(
+        e["SYSLOG_IDENTIFIER"] == "mxrc-rt" and e["PRIORITY"] == "6"
+        and e["_TRANSPORT"] == "journal" and e["MXRC_NODE"] == "node-1" for e in rt_start
+    ), rt_start
+    assert any(str(e.get("MESSAGE")).startswith("RT cycle") and e.get("MXRC_RT_CYCLE")
+               for e in entries)  # fmt: skip
+    # -p err: errors only (the RT process going silent is one), none of the info lines
+    errors = journal_entries(system, "-u", "mxrc-nonrt.service", "-p", "err")
+    assert errors and all(int(e["PRIORITY"]) <= 3 for e in errors), errors
+    assert any("RT process silent" in str(e.get("MESSAGE")) for e in errors), errors
+    rt_errors = journal_entries(system, "-u", "mxrc-rt.service", "-p", "err")
+    assert all(int(e["PRIORITY"]) <= 3 for e in rt_errors), rt_errors
+    assert not any(e.get("MESSAGE") == rt_start[0]["MESSAGE"] for e in rt_errors)
 
     # the unit metrics exporter sees the same (and promtool accepts what it serves)
     port = load_config(work / "mxrc.toml")["systemd.monitor_port"]

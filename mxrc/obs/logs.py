@@ -1,0 +1,417 @@
+"""The log pipeline of an mxrc process: capture on the caller, write on a thread.
+
+A logging call must never make the caller wait — the caller may be the event loop that
+renews the lease — so the caller only captures what exists nowhere else later (the
+message with its arguments, the traceback, the correlation ids and mxrc fields from its
+context) and puts the record on a bounded queue (:class:`DropOldestQueue`). One writer
+thread (stdlib :class:`logging.handlers.QueueListener`) turns each record into its ECS
+document once and hands it to the sinks: stderr (ECS JSON lines, or text on a terminal),
+a size-rotated file (stdlib :class:`~logging.handlers.RotatingFileHandler`, one JSON
+object per line) and journald's native protocol when the process runs under systemd.
+
+Under pressure the queue drops its *oldest* record and counts it (``dropped``, exported
+as ``mxrc_log_dropped_records_total`` by nonrt): the newest lines say most about what is
+happening now, the same rule as the RT ring and the EventBus. The event log, not this,
+is the exact record of what the node did.
+
+The RT cycle thread never logs: what it has to say travels through the ring, and nonrt
+logs it (see :mod:`mxrc.service.journal_log`).
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+import queue
+import sys
+import threading
+import traceback
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, NamedTuple, TextIO
+
+from opentelemetry.trace import get_current_span
+
+from mxrc.errors import MxrcError
+from mxrc.obs import journald
+from mxrc.obs.correlation import current_request_id
+from mxrc.obs.ecs import MXRC_FIELDS, ecs_document, ecs_line, journal_fields, text_line
+
+DEFAULT_QUEUE_CAPACITY: Final = 8192
+#: Loggers that speak for every request; their lines are warnings and up only.
+QUIET_LOGGERS: Final = ("aiohttp.access",)
+LEVELS: Final = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "critical": logging.CRITICAL,
+}
+
+#: Process-wide mxrc fields (node, state, lease token), added to every record; updated
+#: by their owner with :func:`set_process_fields` when they change.
+_process_fields: dict[str, object] = {}
+
+
+def set_process_fields(**fields: object) -> None:
+    """Set (or with ``None`` remove) process-wide ``mxrc`` fields, by their dotted name
+    (``set_process_fields(**{"rt.state": "RUNNING"})``) or keyword (``node="n1"``)."""
+    for name, value in fields.items():
+        dotted = MXRC_FIELDS.get(name, name)
+        if value is None:
+            _process_fields.pop(dotted, None)
+        else:
+            _process_fields[dotted] = value
+
+
+def process_fields() -> Mapping[str, object]:
+    return dict(_process_fields)
+
+
+#: Pipelines of this process that are running, and the drops of those that stopped:
+#: together what ``mxrc_log_dropped_records_total`` exports.
+_running: list[LogPipeline] = []
+_stopped_drops: list[int] = []
+
+
+def dropped_records() -> int:
+    """Log records this process dropped because its queue was full, since it started."""
+    return sum(_stopped_drops) + sum(p.dropped for p in _running)
+
+
+class CapturedContext(NamedTuple):
+    """What the calling thread knew when it logged: gone by the time the writer runs."""
+
+    thread_id: int
+    request_id: str | None
+    #: Integers as OpenTelemetry holds them (0: none); hex is written by the writer.
+    trace_id: int
+    span_id: int
+    fields: Mapping[str, object]
+    error_type: str | None = None
+    error_message: str | None = None
+    stack_trace: str | None = None
+
+
+class DropOldestQueue:
+    """A bounded queue for :class:`~logging.handlers.QueueHandler` and
+    :class:`~logging.handlers.QueueListener` that never blocks a producer: a full queue
+    drops its oldest item and counts it.
+
+    The lock is held only to move items in or out (no I/O, no allocation of note); the
+    consumer is woken only when it said it was going to sleep, so a busy writer costs
+    producers no signalling.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError(f"queue capacity must be at least 1, not {capacity}")
+        self.capacity = capacity
+        self._items: deque[Any] = deque()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._idle = False
+        self.dropped = 0
+        self.put_total = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put_nowait(self, item: Any) -> None:
+        with self._lock:
+            if len(self._items) >= self.capacity:
+                self._items.popleft()
+                self.dropped += 1
+            self._items.append(item)
+            self.put_total += 1
+            idle = self._idle
+        if idle:
+            self._wake.set()
+
+    put = put_nowait
+
+    def put_last(self, item: Any) -> None:
+        """Queue ``item`` past the capacity, displacing nothing: the writer's stop
+        sentinel, so that stopping never costs a record."""
+        with self._lock:
+            self._items.append(item)
+            idle = self._idle
+        if idle:
+            self._wake.set()
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        """The oldest item; with ``block``, wait for one (``timeout`` None: forever).
+
+        No wake-up is lost: the consumer declares itself idle under the lock, and a
+        producer reads that flag under the same lock after adding its item. An idle
+        writer thread therefore sleeps without any periodic wake-up (which matters in
+        mxrc rt, whose threads share the RT CPU's neighbourhood)."""
+        while True:
+            with self._lock:
+                if self._items:
+                    return self._items.popleft()
+                if not block:
+                    raise queue.Empty
+                self._idle = True
+                self._wake.clear()
+            woke = self._wake.wait(timeout)
+            with self._lock:
+                self._idle = False
+            if not woke:
+                raise queue.Empty
+
+    def get_nowait(self) -> Any:
+        return self.get(block=False)
+
+
+class CapturingQueueHandler(logging.handlers.QueueHandler):
+    """Captures the caller's context and queues the record; formats nothing here."""
+
+    queue: DropOldestQueue
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        message = record.getMessage()
+        error_type = error_message = stack = None
+        if record.exc_info:
+            exc_type, exc, tb = record.exc_info
+            if exc_type is not None:
+                error_type = exc_type.__qualname__
+                error_message = str(exc)
+                stack = "".join(traceback.format_exception(exc_type, exc, tb))
+        elif record.exc_text:
+            stack = record.exc_text
+        if record.stack_info:
+            stack = (stack or "") + record.stack_info
+        fields: dict[str, object] = dict(_process_fields) if _process_fields else {}
+        extra = record.__dict__.get("mxrc")
+        if isinstance(extra, Mapping):
+            fields.update(extra)
+        span_context = get_current_span().get_span_context()
+        record.mxrc_context = CapturedContext(
+            thread_id=threading.get_native_id(),
+            request_id=current_request_id(),
+            trace_id=span_context.trace_id,
+            span_id=span_context.span_id,
+            fields=fields,
+            error_type=error_type,
+            error_message=error_message,
+            stack_trace=stack,
+        )
+        # The writer formats from these; drop what pins frames or mutable arguments.
+        record.msg = message
+        record.message = message
+        record.args = None
+        record.exc_info = None
+        record.exc_text = None
+        record.stack_info = None
+        return record
+
+
+class EcsWriter(logging.handlers.QueueListener):
+    """The writer thread: one ECS document per record, rendered for every sink."""
+
+    queue: DropOldestQueue
+
+    def __init__(
+        self, queue: DropOldestQueue, *handlers: logging.Handler, process_name: str
+    ) -> None:
+        super().__init__(queue, *handlers, respect_handler_level=False)
+        self.process_name = process_name
+
+    def enqueue_sentinel(self) -> None:
+        self.queue.put_last(self._sentinel)  # type: ignore[attr-defined]  # stdlib, untyped
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        doc = ecs_document(record, process_name=self.process_name)
+        record.ecs = doc
+        record.ecs_json = ecs_line(doc)
+        return record
+
+
+class _EcsLineFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return str(record.__dict__["ecs_json"][:-1].decode())
+
+
+class _TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return text_line(record.__dict__["ecs"])
+
+
+class JournaldHandler(logging.Handler):
+    """journald's native protocol: fields journalctl can filter on (``-p err``,
+    ``MXRC_RT_STATE=SAFE_MODE``, ``TRACE_ID=…``)."""
+
+    def __init__(self, sender: journald.JournalSender) -> None:
+        super().__init__()
+        self.sender = sender
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.sender.send(journal_fields(record, record.__dict__["ecs"]))
+
+    def close(self) -> None:
+        self.sender.close()
+        super().close()
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    """The ``[logging]`` section (see :mod:`mxrc.config` for the keys' help)."""
+
+    level: int = logging.INFO
+    queue_capacity: int = DEFAULT_QUEUE_CAPACITY
+    stderr: str = "auto"
+    journald: str = "auto"
+    file: Path | None = None
+    file_max_bytes: int = 10 * 1024 * 1024
+    file_backups: int = 5
+
+    @classmethod
+    def from_config(cls, config: Any, process_name: str) -> LogSettings:
+        file = str(config["logging.file"]).strip()
+        path: Path | None = None
+        if file:
+            path = Path(file.replace("{process}", process_name))
+            if not path.is_absolute():
+                path = Path(str(config["node.data_dir"])) / path
+        return cls(
+            level=LEVELS[str(config["logging.level"])],
+            queue_capacity=int(config["logging.queue_capacity"]),
+            stderr=str(config["logging.stderr"]),
+            journald=str(config["logging.journald"]),
+            file=path,
+            file_max_bytes=int(config["logging.file_max_bytes"]),
+            file_backups=int(config["logging.file_backups"]),
+        )
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _fileno(stream: TextIO) -> int | None:
+    try:
+        return stream.fileno()
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+class LogPipeline:
+    """Installs the handler on the root logger and runs the writer thread.
+
+    ``with LogPipeline(settings, process_name="mxrc-nonrt"): ...`` or
+    :meth:`start`/:meth:`stop`. :meth:`stop` writes what is queued before returning.
+    """
+
+    def __init__(
+        self,
+        settings: LogSettings,
+        *,
+        process_name: str,
+        stderr: TextIO | None = None,
+        env: Mapping[str, str] | None = None,
+        journal_socket: Path = journald.JOURNAL_SOCKET,
+    ) -> None:
+        self.settings = settings
+        self.process_name = process_name
+        self.queue = DropOldestQueue(settings.queue_capacity)
+        stream = sys.stderr if stderr is None else stderr
+        environment = os.environ if env is None else env
+        fd = _fileno(stream)
+        use_journald = settings.journald == "on" or (
+            settings.journald == "auto"
+            and fd is not None
+            and journald.running_under_journald(environment, fd)
+        )
+        stderr_mode = settings.stderr
+        if stderr_mode == "auto":
+            stderr_mode = "off" if use_journald else ("text" if _isatty(stream) else "ecs")
+        handlers: list[logging.Handler] = []
+        self.sinks: list[str] = []
+        if stderr_mode != "off":
+            console = logging.StreamHandler(stream)
+            console.setFormatter(_TextFormatter() if stderr_mode == "text" else _EcsLineFormatter())
+            handlers.append(console)
+            self.sinks.append(f"stderr ({stderr_mode})")
+        if settings.file is not None:
+            settings.file.parent.mkdir(parents=True, exist_ok=True)
+            rotating = logging.handlers.RotatingFileHandler(
+                settings.file,
+                maxBytes=settings.file_max_bytes,
+                backupCount=settings.file_backups,
+                encoding="utf-8",
+            )
+            rotating.setFormatter(_EcsLineFormatter())
+            handlers.append(rotating)
+            self.sinks.append(
+                f"file {settings.file} ({settings.file_max_bytes} bytes × {settings.file_backups})"
+            )
+        if use_journald:
+            handlers.append(JournaldHandler(journald.JournalSender(journal_socket)))
+            self.sinks.append("journald (native protocol)")
+        self.handlers = handlers
+        self.handler = CapturingQueueHandler(self.queue)
+        self.writer = EcsWriter(self.queue, *handlers, process_name=process_name)
+        self._saved_level: int | None = None
+        self._started = False
+
+    @property
+    def dropped(self) -> int:
+        return self.queue.dropped
+
+    @property
+    def reaches_the_user(self) -> bool:
+        """Whether a record is seen where the command line's own message would be (on
+        stderr, or in the journal where systemd puts stderr)."""
+        return any(not isinstance(h, logging.handlers.RotatingFileHandler) for h in self.handlers)
+
+    def report(self, logger: logging.Logger, exc: MxrcError) -> None:
+        """Log the error that ends the process (with its fields, so ``journalctl -p err``
+        finds it) and mark it so that the command line does not print it again."""
+        logger.error("%s", exc)
+        if self.reaches_the_user:
+            exc.reported = True
+
+    def describe(self) -> str:
+        sinks = ", ".join(self.sinks) or "no sink"
+        level = logging.getLevelName(self.settings.level).lower()
+        return f"logs: {sinks}; level {level}; queue {self.queue.capacity} (drop-oldest)"
+
+    def start(self) -> LogPipeline:
+        root = logging.getLogger()
+        self._saved_level = root.level
+        root.setLevel(self.settings.level)
+        root.addHandler(self.handler)
+        for name in QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(max(logging.WARNING, self.settings.level))
+        self.writer.start()
+        self._started = True
+        _running.append(self)
+        return self
+
+    def stop(self) -> None:
+        """Detach, write everything still queued, close the sinks."""
+        if not self._started:
+            return
+        self._started = False
+        root = logging.getLogger()
+        root.removeHandler(self.handler)
+        if self._saved_level is not None:
+            root.setLevel(self._saved_level)
+        self.writer.stop()
+        for handler in self.handlers:
+            handler.close()
+        _running.remove(self)
+        _stopped_drops.append(self.dropped)
+
+    def __enter__(self) -> LogPipeline:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
