@@ -7,9 +7,8 @@ traceparent, carried by the ring record or the event-log record) or else of what
 was current; ``bus.process <Event>`` is a CONSUMER span around the observers' work,
 child of the publish span, and current while they run, so their log lines and any span
 they start join the trace; ``bus.drop <Event>`` marks an event that a full queue
-displaced before any observer saw it. The sampler decides as for any span: a command
-an operator traces is followed through the bus; the steady stream of cycle status
-events is sampled at the configured ratio.
+displaced before any observer saw it. A command an operator traces is followed
+through the bus; the steady stream of untraced cycle status events makes no spans.
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Tracer
 
-from mxrc.obs.correlation import parse_traceparent
+from mxrc.obs.correlation import correlated, parse_traceparent
 from mxrc.service.events import BusEvent, traceparent_of
 
 SYSTEM: Final = "mxrc.bus"
@@ -36,14 +35,27 @@ def _context(span_context: SpanContext | None) -> Context | None:
 
 
 class BusTracing:
-    """A :class:`mxrc.service.bus.BusInstrument` that makes spans."""
+    """A :class:`mxrc.service.bus.BusInstrument` that makes spans.
+
+    The bus joins traces, it does not start them: an event gets spans only when it
+    belongs to a sampled trace (its own traceparent, or the span current where it was
+    published — an API request's). Untraced events (the cycle's status ten times a
+    second, an unsampled request) only get their context restored for the observers,
+    as with the default instrument: a span costs several µs even unsampled
+    (``tools/bench/tracing_cost.py``), and under API load that cost filled the queue.
+    """
 
     def __init__(self, tracer: Tracer) -> None:
         self.tracer = tracer
 
-    def published(self, event: BusEvent) -> SpanContext:
-        name = type(event).__name__
+    def published(self, event: BusEvent) -> SpanContext | None:
         parent = parse_traceparent(traceparent_of(event))
+        if parent is None:
+            current = trace.get_current_span().get_span_context()
+            parent = current if current.is_valid else None
+        if parent is None or not parent.trace_flags.sampled:
+            return None
+        name = type(event).__name__
         span = self.tracer.start_span(
             f"bus.publish {name}",
             context=_context(parent),
@@ -54,6 +66,8 @@ class BusTracing:
         return span.get_span_context()
 
     def processing(self, event: BusEvent, carrier: Any) -> AbstractContextManager[object]:
+        if carrier is None:
+            return correlated(traceparent=traceparent_of(event))
         return self._process(event, carrier)
 
     @contextmanager
@@ -68,6 +82,8 @@ class BusTracing:
             yield span
 
     def dropped(self, event: BusEvent, carrier: Any) -> None:
+        if carrier is None:
+            return
         name = type(event).__name__
         span = self.tracer.start_span(
             f"bus.drop {name}",

@@ -2,16 +2,16 @@
 
     .venv/bin/python tools/bench/tracing_cost.py [--events 20000] [--rounds 5] [--quick]
 
-An "event" is what nonrt does for every fact on its EventBus: publish it and dispatch
-it to an observer (here one that does nothing, so the figure is the bus and tracing
-alone). The baseline bus has the default instrument (it restores the event's trace
-context for the observers, no spans); the traced buses have mxrc's
-:class:`~mxrc.obs.bus_tracing.BusTracing` on a real OpenTelemetry SDK provider with the
-parent-based adjustable sampler at each ratio, and a BatchSpanProcessor feeding an
-exporter that discards what it is given (named as such: the network is not what is
-measured here, and the exporter runs on the processor's own thread). Events start
-their own traces (no traceparent), so the ratio decides. The second figure is one
-``span()`` around nothing, the unit every traced code path pays.
+An "event" is one traced unit of nonrt's work as an admin API request makes it: a
+SERVER span (the root, where the ratio decides) with one EventBus event published in
+it and dispatched to an observer (one that does nothing, so the figure is the bus and
+tracing alone). The bus spans follow the root's decision (the bus joins sampled traces,
+it starts none). The baseline is the same event on a bus without tracing and no span.
+Tracing is mxrc's own: a real OpenTelemetry SDK provider with the parent-based
+adjustable sampler at each ratio, :class:`~mxrc.obs.bus_tracing.BusTracing`, and a
+BatchSpanProcessor feeding an exporter that discards what it is given (named as such:
+the network is not what is measured, and the exporter runs on the processor's thread).
+The second figure is one ``span()`` around nothing, the unit every traced path pays.
 
 Rounds alternate the modes so that drift hits each; the median round is reported.
 """
@@ -33,11 +33,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from benchutil import emit, progress
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.trace import SpanKind
 
 from mxrc.obs.bus_tracing import BusTracing
 from mxrc.obs.tracing import Tracing, span
 from mxrc.service.bus import BusInstrument, EventBus
-from mxrc.service.events import BusEvent, CycleStatus
+from mxrc.service.events import ApiRequest, BusEvent
 
 RATIOS = (0.0, 0.01, 1.0)
 
@@ -53,7 +54,9 @@ class DiscardingExporter(SpanExporter):
         return SpanExportResult.SUCCESS
 
 
-def bus_ns_per_event(instrument: BusInstrument | None, events: int) -> float:
+def bus_ns_per_event(tracing: Tracing | None, events: int) -> float:
+    instrument: BusInstrument | None = None if tracing is None else BusTracing(tracing.tracer)
+
     async def main() -> float:
         bus = EventBus(events + 1, instrument=instrument)
 
@@ -61,12 +64,18 @@ def bus_ns_per_event(instrument: BusInstrument | None, events: int) -> float:
             return None
 
         bus.subscribe("noop", observer)
-        event = CycleStatus(1, 0, 1, 10.0, 0, 0.0, True, 0.0)
+        event = ApiRequest("GET", "/v1/state", 200, 0.001)
         runner = asyncio.create_task(bus.run())
         await asyncio.sleep(0)
         t = time.perf_counter_ns()
-        for _ in range(events):
-            bus.publish(event)
+        if tracing is None:
+            for _ in range(events):
+                bus.publish(event)
+        else:
+            tracer = tracing.tracer
+            for _ in range(events):
+                with span(tracer, "GET /v1/state", kind=SpanKind.SERVER):
+                    bus.publish(event)
         assert await bus.drain(60.0)
         took = time.perf_counter_ns() - t
         runner.cancel()
@@ -104,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         progress(f"round {round_ + 1}/{rounds}")
         bus["none"].append(bus_ns_per_event(None, events))
         for r in RATIOS:
-            bus[f"{r:g}"].append(bus_ns_per_event(BusTracing(tracings[r].tracer), events))
+            bus[f"{r:g}"].append(bus_ns_per_event(tracings[r], events))
             spans[f"{r:g}"].append(span_ns(tracings[r], events))
     for t in tracings.values():
         t.shutdown()
