@@ -104,6 +104,21 @@ class Api:
         except urllib.error.HTTPError as e:
             return e.code, json.loads(e.read())
 
+    def wait_startable(self, timeout: float = 30.0) -> None:
+        """READY and /ready answering 200: the start guard (is_healthy) holds. READY
+        alone comes with the first cycle record, before the first seconds' deadline-miss
+        rate has settled, and a start then is (rightly) refused."""
+        self.wait_state("READY", timeout)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(self.url + "/ready", timeout=10):
+                    return
+            except urllib.error.HTTPError as e:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"never ready: {e.read()!r}") from None
+            time.sleep(0.05)
+
     def wait_state(self, state: str, timeout: float = 30.0) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while True:
@@ -121,7 +136,7 @@ def running_node(
     """``mxrc run`` started, its node READY, then started by an operator: RUNNING."""
     p = spawn(procs, tmp)
     api = Api(tmp / "var")
-    api.wait_state("READY")
+    api.wait_startable()
     api.post("/v1/commands/start")
     api.wait_state("RUNNING")
     return p, api
@@ -140,7 +155,7 @@ def test_run_starts_both_processes_and_stops_them_cleanly(
 ) -> None:
     p = spawn(procs, tmp_path)
     api = Api(tmp_path / "var")
-    api.wait_state("READY")
+    api.wait_startable()
     status, body = api.post("/v1/commands/start")
     assert status in (200, 202), body
     view = api.wait_state("RUNNING")
@@ -232,8 +247,13 @@ def test_mxrc_command_drives_the_running_node_and_reports_refusals(
     assert nobody.returncode == 10 and "no node is running on" in nobody.stderr
     p = spawn(procs, tmp_path)
     api = Api(data)
-    api.wait_state("READY")
+    api.wait_startable()
     started = command("start")
+    if started.returncode:
+        try:
+            urllib.request.urlopen(api.url + "/health", timeout=5)
+        except urllib.error.HTTPError as e:
+            raise AssertionError((started.stderr, e.read())) from None
     assert started.returncode == 0, started.stderr
     assert "start: READY → RUNNING" in started.stdout
     assert api.get("/v1/state")["state"] == "RUNNING"

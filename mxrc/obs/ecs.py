@@ -36,7 +36,6 @@ MXRC_FIELDS: Final = {
     "datastore_key": "datastore.key",
     "numa_node": "numa.node",
 }
-_DOTTED: Final = frozenset(MXRC_FIELDS.values())
 
 #: syslog priorities (what journald's PRIORITY and ``journalctl -p`` use).
 PRIORITY_CRITICAL, PRIORITY_ERROR, PRIORITY_WARNING, PRIORITY_INFO, PRIORITY_DEBUG = 2, 3, 4, 6, 7
@@ -208,7 +207,3 @@ def text_line(doc: Mapping[str, Any]) -> str:
     if error is not None and error.get("stack_trace"):
         line += "\n" + str(error["stack_trace"]).rstrip("\n")
     return line
-
-
-def known_mxrc_field(dotted: str) -> bool:
-    return dotted in _DOTTED

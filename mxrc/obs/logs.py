@@ -41,8 +41,9 @@ from mxrc.obs.correlation import current_request_id
 from mxrc.obs.ecs import MXRC_FIELDS, ecs_document, ecs_line, journal_fields, text_line
 
 DEFAULT_QUEUE_CAPACITY: Final = 8192
-#: Loggers that speak for every request; their lines are warnings and up only.
-QUIET_LOGGERS: Final = ("aiohttp.access",)
+#: Loggers that speak for every request or every transition callback (the statechart
+#: library narrates its own internals at info); their lines are warnings and up only.
+QUIET_LOGGERS: Final = ("aiohttp.access", "transitions")
 LEVELS: Final = {
     "debug": logging.DEBUG,
     "info": logging.INFO,

@@ -73,7 +73,7 @@ from mxrc.service.health import HealthInputs, HealthReport, Status, Thresholds, 
 from mxrc.service.health import readiness as health_readiness
 from mxrc.service.logbook import Logbook
 from mxrc.service.ports import OPERATOR_COMMANDS, BadInput, NotPermitted, Readiness
-from mxrc.service.ringfeed import RingFeed
+from mxrc.service.ringfeed import EXPECTED_RT_CAUSES, RingFeed
 from mxrc.service.rt_spans import CycleSpans
 from mxrc.statechart import Chart, default_registry
 from mxrc.statemachine import TriggerRejected
@@ -81,8 +81,6 @@ from mxrc.statemachine import TriggerRejected
 T = TypeVar("T")
 log = logging.getLogger("mxrc.nonrt")
 
-#: RT fault causes that are the cycle obeying us (we left RUNNING), not a fault.
-EXPECTED_RT_CAUSES: Final = frozenset({"mode_left_running"})
 #: Guards that make a refused ``start`` a 403 (this node may not drive) rather than 409.
 PERMISSION_GUARDS: Final = frozenset({"is_leader", "has_quorum"})
 SUBSCRIBER_QUEUE: Final = 1000

@@ -19,7 +19,6 @@ changes and the cycle applying a mode are info.
 from __future__ import annotations
 
 import logging
-from typing import Final
 
 from mxrc.obs.ecs import mxrc_extra
 from mxrc.obs.logs import set_process_fields
@@ -35,11 +34,10 @@ from mxrc.service.events import (
     RtStarted,
     RtStopped,
 )
+from mxrc.service.ringfeed import EXPECTED_RT_CAUSES
 
 log = logging.getLogger("mxrc.nonrt")
 
-#: Causes of a cycle fault that are the normal way of stopping (the mode left RUNNING).
-EXPECTED_CAUSES: Final = frozenset({"mode_left_running"})
 
 
 def mode_name(mode: int) -> str:
@@ -67,7 +65,7 @@ class Logbook:
                                  lease_token=event.token),
             )
         elif isinstance(event, RtFault):
-            level = logging.INFO if event.cause in EXPECTED_CAUSES else logging.ERROR
+            level = logging.INFO if event.cause in EXPECTED_RT_CAUSES else logging.ERROR
             log.log(
                 level,
                 "RT cycle %d stopped driving: %s (mode %s, token %d, expected token %d, "

@@ -91,6 +91,10 @@ def _traceparent(record: Record) -> str | None:
     return record.trace.traceparent
 
 
+#: RT fault causes that are the cycle obeying nonrt (it left RUNNING), not a fault.
+EXPECTED_RT_CAUSES: Final = frozenset({"mode_left_running"})
+
+
 def fault_cause_name(cause: int) -> str:
     """``FaultCause`` as the name the log and metrics use (``lease_expired``); a cause
     this build does not know keeps its number, so it is still visible."""

@@ -35,6 +35,7 @@ from mxrc.obs.logs import (
     dropped_records,
     set_process_fields,
 )
+from tests.obs.test_journald import decode
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 SPAN = "00f067aa0ba902b7"
@@ -218,7 +219,7 @@ def test_journald_sink_sends_native_fields(tmp_path: Path) -> None:
             logging.getLogger("mxrc.test.journal").error(
                 "lease lost\nsecond line", extra=mxrc_extra(lease_token=7, datastore_key="kp")
             )
-        fields = decode_native(server.recv(1 << 20))
+        fields = {k: v.decode() for k, v in decode(server.recv(1 << 20)).items()}
     finally:
         server.close()
     assert fields["MESSAGE"] == "lease lost\nsecond line"
@@ -226,23 +227,6 @@ def test_journald_sink_sends_native_fields(tmp_path: Path) -> None:
     assert fields["TRACE_ID"] == TRACE and fields["SPAN_ID"] == SPAN
     assert fields["MXRC_LEASE_TOKEN"] == "7" and fields["MXRC_DATASTORE_KEY"] == "kp"
     assert fields["LOGGER"] == "mxrc.test.journal" and fields["CODE_FUNC"]
-
-
-def decode_native(data: bytes) -> dict[str, str]:
-    out: dict[str, str] = {}
-    i = 0
-    while i < len(data):
-        newline = data.index(b"\n", i)
-        line = data[i:newline]
-        if b"=" in line:
-            name, _, value = line.partition(b"=")
-            out[name.decode()] = value.decode()
-            i = newline + 1
-        else:
-            size = int.from_bytes(data[newline + 1 : newline + 9], "little")
-            out[line.decode()] = data[newline + 9 : newline + 9 + size].decode()
-            i = newline + 9 + size + 1
-    return out
 
 
 def test_journal_fields_map_levels_to_syslog_priorities() -> None:

@@ -159,7 +159,7 @@ def test_a_command_is_one_trace_from_the_api_to_the_cycle(
     )
     try:
         api = Api(data)
-        api.wait_state("READY")
+        api.wait_startable()
         assert api.get("/v1/tracing") == {
             "sample_ratio": 0.01, "parent_based": True,
             "export": f"OTLP/HTTP to {receiver.endpoint}",
@@ -195,7 +195,7 @@ def test_a_command_is_one_trace_from_the_api_to_the_cycle(
         assert status == 200 and view["sample_ratio"] == 0.0
         _, _, unsampled = request(api, "POST", "/v1/commands/stop")
         assert unsampled.endswith("-00")
-        api.wait_state("READY")
+        api.wait_startable()
         # 3. Ratio 1: the next one is, without any traceparent from the caller.
         request(api, "PUT", "/v1/tracing", b'{"sample_ratio": 1}')
         _, started, sampled = request(api, "POST", "/v1/commands/start")
