@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import os
 import signal
 import threading
@@ -173,8 +174,10 @@ def test_thread_faults_count_this_threads_faults() -> None:
     def touch() -> None:
         tid = threading.get_native_id()
         before = sched.thread_faults(tid)
-        block = bytearray(8 << 20)  # fresh anonymous pages: one minor fault per page
+        # A fresh anonymous mapping: malloc may hand back heap pages faulted earlier.
+        block = mmap.mmap(-1, 8 << 20)
         block[::4096] = b"\1" * len(block[::4096])
+        block.close()
         got.append(sched.thread_faults(tid))
         got.append(before)
 
