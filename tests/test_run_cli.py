@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from mxrc.eventlog import read_records
+from tests.configs import TOLERANT_TIMING, Sections, merged, toml_text
 
 MXRC = [sys.executable, "-m", "mxrc"]
 
@@ -40,20 +41,20 @@ CHILDREN: list[int] = []
 
 
 def node_config(tmp: Path) -> Path:
-    """Loopback API on any free port, segments in the test's own directory."""
+    """Loopback API on any free port, segments in the test's own directory; timing
+    tolerant (see tests.configs: these tests are about the commands, not the VM)."""
     (tmp / "shm").mkdir(exist_ok=True)
     path = tmp / "mxrc.toml"
-    path.write_text(
-        f"""[rt]
-shm_dir = "{tmp / "shm"}"
-shm_prefix = "mxrc-run{os.getpid()}"
-hold_dma_latency = false
-[api]
-port = 0
-[nonrt]
-rt_silence_s = 0.5
-"""
-    )
+    own: Sections = {
+        "rt": {
+            "shm_dir": str(tmp / "shm"),
+            "shm_prefix": f"mxrc-run{os.getpid()}",
+            "hold_dma_latency": False,
+        },
+        "api": {"port": 0},
+        "nonrt": {"rt_silence_s": 0.5},
+    }
+    path.write_text(toml_text(merged(TOLERANT_TIMING, own)))
     return path
 
 

@@ -30,17 +30,10 @@ from mxrc.service.api import build_app
 from mxrc.service.auth import load_or_create_token
 from mxrc.service.controller import Controller
 from mxrc.service.events import ApiRequest
+from tests.configs import merged, toml_text
 
 ROOT = Path(__file__).resolve().parents[2]
 MAX_BODY = 1024
-#: For tests about the API and the page, not about cycle timing: on a small shared test
-#: machine (a browser rendering next to an unprivileged cycle) deadline misses would
-#: otherwise make the node unhealthy and refuse or fault a start the test is about.
-TOLERANT_TIMING: Mapping[str, Mapping[str, Any]] = {
-    "rt": {"budget_us": 20_000},
-    "health": {"miss_rate_unhealthy": 1.0},
-    "nonrt": {"fault_misses": 1_000_000},
-}
 
 
 def write_config(
@@ -60,21 +53,9 @@ def write_config(
         "nonrt": {"rt_silence_s": 0.5},
         "api": {"port": 0, "max_body_bytes": MAX_BODY},
     }
-    for section, values in (sections or {}).items():
-        doc.setdefault(section, {}).update(values)
     (tmp / "shm").mkdir(exist_ok=True)
-    lines: list[str] = []
-    for section, values in doc.items():
-        lines.append(f"[{section}]")
-        for key, value in values.items():
-            if isinstance(value, bool):
-                lines.append(f"{key} = {'true' if value else 'false'}")
-            elif isinstance(value, str):
-                lines.append(f'{key} = "{value}"')
-            else:
-                lines.append(f"{key} = {value!r}")
     path = tmp / f"{name}.toml"
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text(toml_text(merged(doc, sections or {})))
     return path
 
 

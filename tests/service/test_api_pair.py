@@ -14,7 +14,8 @@ from mxrc.config import Config
 from mxrc.ha.backend import Leadership
 from mxrc.ha.lease import LeaseTerms
 from mxrc.ha.local import LocalBackend
-from tests.service.api_support import TOLERANT_TIMING, Served, serve, sse_records, until
+from tests.configs import TOLERANT_TIMING
+from tests.service.api_support import Served, serve, sse_records, until
 
 
 class Demotable(LocalBackend):

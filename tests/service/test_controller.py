@@ -26,6 +26,7 @@ from mxrc.segments import Record
 from mxrc.service.controller import Controller
 from mxrc.service.ports import BadInput, NotPermitted
 from mxrc.statemachine import TriggerRejected
+from tests.configs import TOLERANT_TIMING, merged
 from tests.service.api_support import RtChild, write_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,7 +48,11 @@ def scenario(
     controller_kwargs: dict[str, Any] | None = None,
     **sections: dict[str, Any],
 ) -> Controller:
-    config_file = write_config(tmp, "n1", {"cycle": {"status_interval_s": 0.2}, **sections})
+    # Commands and faults are the subject here, not the machine's punctuality; the
+    # deadline-miss rule's own test passes its budget and threshold back in.
+    config_file = write_config(
+        tmp, "n1", merged(TOLERANT_TIMING, {"cycle": {"status_interval_s": 0.2}}, sections)
+    )
     config = load_config(config_file)
     rt = RtChild(config_file)
     controller = Controller(config, notice=lambda _line: None, **(controller_kwargs or {}))
@@ -148,8 +153,8 @@ def test_deadline_miss_burst_faults_the_node(tmp_path: Path) -> None:
     scenario(
         tmp_path,
         body,
-        rt={"control_law": "tests.service.laws:OverrunningJoint"},
-        nonrt={"fault_misses": 5},
+        rt={"control_law": "tests.service.laws:OverrunningJoint", "budget_us": 500},
+        nonrt={"fault_misses": 5},  # the rule under test, at the default budget
     )
     moves = transitions(load_config(tmp_path / "n1.toml"))
     assert ("fault", "SAFE_MODE", "deadline_misses") in moves

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from tests.cdp import Page, chromium, distinct_colours, png_pixels, require_chromium
-from tests.service.api_support import TOLERANT_TIMING, Served, serve, until
+from tests.configs import TOLERANT_TIMING
+from tests.service.api_support import Served, serve, until
 
 WIDTH, HEIGHT = 1280, 1000
 

@@ -31,6 +31,7 @@ from mxrc.config import load_config
 from mxrc.drill.etcd import free_ports
 from mxrc.systemd.sandbox import relax_for_code_location
 from mxrc.systemd.units import host_placement, load_templates, render, unit_values
+from tests.configs import TOLERANT_TIMING, Sections, merged, toml_text
 from tests.systemd.namespaced import NamespacedSystemd, namespaced_systemd
 
 RT_PRIORITY = 80
@@ -53,13 +54,18 @@ def node() -> Iterator[tuple[NamespacedSystemd, Path]]:
         (work / "var").mkdir()
         config_path = work / "mxrc.toml"
         api_port, monitor_port = free_ports(2)
-        config_path.write_text(
-            f'[node]\ndata_dir = "{work / "var"}"\n'
-            f'[rt]\nshm_prefix = "mxrc-sd{os.getpid()}"\npriority = {RT_PRIORITY}\n'
-            f"[api]\nport = {api_port}\n"
-            '[systemd]\nuser = "root"\ngroup = "root"\nwatchdog_s = 2.0\nrestart_sec = 1.0\n'
-            f"start_limit_burst = 3\nstart_limit_interval_s = 60.0\nmonitor_port = {monitor_port}\n"
-        )
+        own: Sections = {
+            "node": {"data_dir": str(work / "var")},
+            "rt": {"shm_prefix": f"mxrc-sd{os.getpid()}", "priority": RT_PRIORITY},
+            "api": {"port": api_port},
+            "systemd": {
+                "user": "root", "group": "root", "watchdog_s": 2.0, "restart_sec": 1.0,
+                "start_limit_burst": 3, "start_limit_interval_s": 60.0,
+                "monitor_port": monitor_port,
+            },
+        }  # fmt: skip
+        # the faults under test are the RT process's, not the VM's stalls (tests.configs)
+        config_path.write_text(toml_text(merged(TOLERANT_TIMING, own)))
         config = load_config(config_path)
         units = render(load_templates(), unit_values(config, config_path, host_placement(config)))
         relax_for_code_location(
