@@ -108,12 +108,17 @@ def test_boot_time_benchmark_reports_both_variants() -> None:
     assert result["ratio_no_default_dependencies"] > 0
 
 
-def test_logging_overhead_benchmark_measures_both_modes_in_one_run() -> None:
+def test_logging_overhead_benchmark_measures_both_entrances_in_one_run() -> None:
     result = only_json(run_bench("logging_overhead.py", "--quick", timeout=120))
     assert result["records_per_cycle"] == 10 and result["period_ms"] == 10.0
-    for mode in ("none", "logging"):
-        positive(result["exec"][mode], "median_us", "mean_us", "p99_us")
-    assert result["records_written"] + result["records_dropped"] == 10 * result["cycles_per_mode"]
+    positive(result["none"]["exec"], "median_us", "mean_us", "p99_us")
+    for entrance in ("stdlib", "cycle_logger"):
+        measured = result[entrance]
+        positive(measured["exec"], "median_us", "mean_us", "p99_us")
+        assert measured["records_logged"] > 0
+        # every record of each entrance reached the file (the queue never filled here)
+        assert measured["records_written"] == measured["records_logged"]
+    assert result["records_dropped"] == 0
     positive(result["formatter"], "mxrc_orjson_us", "ecs_logging_us")
     assert isinstance(result["target_met"], bool)
 
