@@ -27,6 +27,9 @@ a second thread spinning in pure Python held the cycle's median wake-up latency 
 (``switch_interval_s``) as a bound, but the RT process should run no other Python work:
 observers read the cycle's figures through shared memory from another process, and
 ``status()`` (cheap, but it still takes the GIL) is for start-up, shutdown and tests.
+The little other work ``mxrc rt`` does (its main thread, the log writer) runs at
+SCHED_FIFO 1 (:func:`mxrc.rt.sched.place_helpers`), so that a thread holding the GIL is
+never kept off a CPU by ordinary work while the cycle waits for it.
 
 Overruns. When work runs past the next deadline the missed periods are skipped, not
 run back to back: a burst of late control outputs is worse than one missing. The tick

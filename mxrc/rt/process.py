@@ -68,6 +68,7 @@ from typing import Final
 
 from mxrc.config import Config, build_config
 from mxrc.errors import MxrcError
+from mxrc.rt import sched
 from mxrc.rt.control import ControlLaw, load_control_law
 from mxrc.rt.controlblock import ControlBlock, ControlBlockReader, ControlState, Mode
 from mxrc.rt.cycle import Cycle, CycleConfig, CycleInfo, CycleStartError
@@ -455,11 +456,17 @@ def cycle_config(config: Config) -> CycleConfig:
 
 
 def start_line(
-    node_id: str, attached: Attached, cycle: Cycle, law_path: str, numa: str = "not set"
+    node_id: str,
+    attached: Attached,
+    cycle: Cycle,
+    law_path: str,
+    numa: str = "not set",
+    helpers: str = "not placed",
 ) -> str:
     """One line an operator can act on: what was attached, where the cycle runs, and
     every privilege it runs without together with the fix. ``numa``: what
-    :func:`mxrc.rt.numa.bind_rt` did (a refusal is also among the degradations)."""
+    :func:`mxrc.rt.numa.bind_rt` did (a refusal is also among the degradations);
+    ``helpers``: what :func:`mxrc.rt.sched.place_helpers` did."""
     cfg = cycle.config
     policy, priority = cycle.policy
     degraded = "; ".join(f"{d.what}: {d.detail} (fix: {d.fix})" for d in cycle.degraded)
@@ -468,6 +475,7 @@ def start_line(
         f"cycle {cfg.period_ns / 1e6:g} ms on CPU {cycle.cpu}, {policy} {priority}, "
         f"memory {'locked' if cycle.memory_locked else 'not locked'}, "
         f"dma latency {'held' if cycle.dma_latency_held else 'not held'}; numa: {numa}; "
+        f"other threads: {helpers}; "
         f"degraded: {degraded or 'none'}"
     )
 
@@ -599,7 +607,10 @@ def _serve(
             cycle.start()
         except CycleStartError as exc:
             raise RtStartError(f"cycle thread did not start: {exc}") from None
-        print_line(start_line(node_id, attached, cycle, law_path, numa.summary))
+        helpers = "SCHED_OTHER (the cycle is not SCHED_FIFO)"
+        if cycle.tid is not None and cycle.policy[0] == "SCHED_FIFO":
+            helpers = sched.place_helpers(cycle.tid)
+        print_line(start_line(node_id, attached, cycle, law_path, numa.summary, helpers))
         notifier.ready(status_line(cycle, hook))
         pin_watch = None
         if cycle.tid is not None and cycle.cpu is not None:

@@ -19,6 +19,7 @@ import struct
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 from mxrc.rt.cpu import format_cpulist
 
@@ -190,6 +191,45 @@ def set_fifo(tid: int, priority: int) -> Degradation | None:
             )
         return Degradation("sched_fifo", detail, fix)
     return None
+
+
+#: The real-time priority of the RT process's other threads (main, log writer): below
+#: the cycle, above every SCHED_OTHER task.
+HELPER_PRIORITY: Final = 1
+
+
+def place_helpers(cycle_tid: int, priority: int = HELPER_PRIORITY) -> str:
+    """Put every thread of this process but the cycle at SCHED_FIFO ``priority``; what
+    was done, in words.
+
+    Two ways a helper thread delays the cycle, both through the CPU or the GIL. Under
+    systemd (``CPUSchedulingPolicy=fifo``) every thread inherits the cycle's priority,
+    and a SCHED_FIFO thread is never preempted by one of equal priority: a log writer
+    draining its queue on the RT CPU would hold the cycle's wake-up until it blocks.
+    Left SCHED_OTHER, a helper that holds the GIL when the cycle wakes can be preempted
+    by any busy process on its CPU, and the cycle waits for the GIL for a whole
+    time slice. At priority 1 a helper yields the CPU to the cycle at once and gets it
+    back before ordinary work, so it hands the GIL over within the switch interval.
+    Threads the main thread starts later inherit its new policy. Call only when the
+    cycle itself runs SCHED_FIFO above ``priority``.
+    """
+    placed, refused = [], []
+    for entry in os.listdir(f"/proc/{os.getpid()}/task"):
+        tid = int(entry)
+        if tid == cycle_tid:
+            continue
+        try:
+            os.sched_setscheduler(tid, os.SCHED_FIFO, os.sched_param(priority))
+        except ProcessLookupError:
+            continue  # ended meanwhile
+        except PermissionError:
+            refused.append(tid)
+            continue
+        placed.append(tid)
+    text = f"{len(placed)} helper thread(s) SCHED_FIFO {priority}"
+    if refused:
+        text += f"; refused for tid(s) {', '.join(map(str, refused))}"
+    return text
 
 
 def thread_policy(tid: int) -> tuple[str, int]:
