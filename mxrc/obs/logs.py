@@ -260,15 +260,16 @@ _this_thread = threading.local()
 
 
 class CycleLogger:
-    """A logger for code that runs every cycle: same records, same sinks, a tenth of the
-    caller's cost.
+    """A logger for code that runs every cycle: same records, same sinks, a third of the
+    caller's cost or less.
 
     A stdlib ``log.info`` builds a :class:`logging.LogRecord` on the caller (about 20
     attributes, the caller's frame found by walking the stack, the handler's lock): on a
-    2-vCPU VM that is 20-30 µs a call once a 10 ms sleep has let the caches go cold,
-    2-3 % of a 10 ms cycle at ten records per cycle. This logger captures one tuple
+    2-vCPU VM that is 30-40 µs a call once a 10 ms sleep has let the caches go cold,
+    3-4 % of a 10 ms cycle at ten records per cycle. This logger captures one tuple
     instead — time, level, the formatted message, the calling frame's file, line and
-    function, thread, correlation and trace ids, fields — and queues it; the writer
+    function, thread, a copy of the context variables (request id, current span), fields
+    — and queues it; the writer
     thread builds the record from it, so the ECS document, the journald fields and the
     file line are exactly those of a stdlib call (``tools/bench/logging_overhead.py``
     measures both entrances in one run).

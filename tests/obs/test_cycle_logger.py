@@ -16,20 +16,10 @@ import pytest
 
 from mxrc.obs.correlation import correlated
 from mxrc.obs.ecs import mxrc_extra
-from mxrc.obs.logs import CycleLogger, DropOldestQueue, LogPipeline, LogSettings, set_process_fields
+from mxrc.obs.logs import CycleLogger, DropOldestQueue, LogPipeline, set_process_fields
 from tests.obs.test_logs import TRACEPARENT, check_ecs, lines_of
 
 MESSAGE = "joint %s lag %d cycles"
-
-
-@pytest.fixture
-def pipeline_out() -> Iterator[tuple[LogPipeline, io.StringIO]]:
-    out = io.StringIO()
-    pipeline = LogPipeline(
-        LogSettings(stderr="ecs", journald="off"), process_name="mxrc-test", stderr=out
-    )
-    with pipeline:
-        yield pipeline, out
 
 
 @contextlib.contextmanager
@@ -60,9 +50,9 @@ class CountingFactory:
 
 
 def test_a_cycle_logger_record_is_the_document_a_stdlib_call_writes(
-    pipeline_out: tuple[LogPipeline, io.StringIO],
+    pipeline_lines: tuple[LogPipeline, io.StringIO],
 ) -> None:
-    pipeline, out = pipeline_out
+    pipeline, out = pipeline_lines
     stdlib, fast = logging.getLogger("mxrc.test.cycle"), CycleLogger("mxrc.test.cycle")
     factory = CountingFactory()
     logging.setLogRecordFactory(factory)
@@ -120,10 +110,10 @@ def test_without_a_sole_pipeline_every_handler_sees_the_record(
 
 
 def test_disabled_levels_cost_nothing_and_bad_input_is_named(
-    pipeline_out: tuple[LogPipeline, io.StringIO],
+    pipeline_lines: tuple[LogPipeline, io.StringIO],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    pipeline, out = pipeline_out
+    pipeline, out = pipeline_lines
     fast = CycleLogger("mxrc.test.bad")
     with sole_handler(pipeline):
         before = pipeline.queue.put_total

@@ -12,7 +12,6 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -70,16 +69,6 @@ def check_ecs(doc: dict[str, Any]) -> None:
     if "trace" in doc:
         assert re.fullmatch(r"[0-9a-f]{32}", doc["trace"]["id"])
         assert re.fullmatch(r"[0-9a-f]{16}", doc["span"]["id"])
-
-
-@pytest.fixture
-def pipeline_lines() -> Iterator[tuple[LogPipeline, io.StringIO]]:
-    out = io.StringIO()
-    pipeline = LogPipeline(
-        LogSettings(stderr="ecs", journald="off"), process_name="mxrc-test", stderr=out
-    )
-    with pipeline:
-        yield pipeline, out
 
 
 def lines_of(out: io.StringIO) -> list[dict[str, Any]]:
