@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
 
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan
@@ -25,9 +26,23 @@ SAMPLED = f"00-{TRACE}-00f067aa0ba902b7-01"
 UNSAMPLED = f"00-{TRACE}-00f067aa0ba902b7-00"
 
 
+_made: list[Tracing] = []
+
+
+@pytest.fixture(autouse=True)
+def _shut_down_tracing() -> Iterator[None]:
+    """Each Tracing starts a BatchSpanProcessor thread: stop the ones a test made, so
+    that none keeps waking up (and allocating) under later tests."""
+    yield
+    while _made:
+        _made.pop().shutdown()
+
+
 def tracing(ratio: float) -> tuple[Tracing, InMemorySpanExporter]:
     exporter = InMemorySpanExporter()
-    return Tracing(service_name="mxrc-test", node="n1", ratio=ratio, exporter=exporter), exporter
+    made = Tracing(service_name="mxrc-test", node="n1", ratio=ratio, exporter=exporter)
+    _made.append(made)
+    return made, exporter
 
 
 def finished(t: Tracing, exporter: InMemorySpanExporter) -> list[ReadableSpan]:
