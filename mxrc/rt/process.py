@@ -607,8 +607,9 @@ def _serve(
             cycle.start()
         except CycleStartError as exc:
             raise RtStartError(f"cycle thread did not start: {exc}") from None
-        helpers = "SCHED_OTHER (the cycle is not SCHED_FIFO)"
-        if cycle.tid is not None and cycle.policy[0] == "SCHED_FIFO":
+        helpers = "left as started (the cycle is not SCHED_FIFO above 1)"
+        policy, priority = cycle.policy
+        if cycle.tid is not None and policy == "SCHED_FIFO" and priority > sched.HELPER_PRIORITY:
             helpers = sched.place_helpers(cycle.tid)
         print_line(start_line(node_id, attached, cycle, law_path, numa.summary, helpers))
         notifier.ready(status_line(cycle, hook))

@@ -202,7 +202,7 @@ def place_helpers(cycle_tid: int, priority: int = HELPER_PRIORITY) -> str:
     """Put every thread of this process but the cycle at SCHED_FIFO ``priority``; what
     was done, in words.
 
-    Two ways a helper thread delays the cycle, both through the CPU or the GIL. Under
+    A helper thread can delay the cycle in two ways, through the CPU or the GIL. Under
     systemd (``CPUSchedulingPolicy=fifo``) every thread inherits the cycle's priority,
     and a SCHED_FIFO thread is never preempted by one of equal priority: a log writer
     draining its queue on the RT CPU would hold the cycle's wake-up until it blocks.
