@@ -30,10 +30,10 @@ import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, NamedTuple, Protocol, TextIO
+from typing import Any, Final, NamedTuple, TextIO
 
 from opentelemetry.trace import Span, get_current_span
 
@@ -179,9 +179,9 @@ class DropOldestQueue:
             self._last = item
         self._wake.set()
 
-    def get(self, block: bool = True, timeout: float | None = None) -> Any:
-        """The oldest item; with ``block``, wait for one (``timeout`` None: forever)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+    def get(self, block: bool = True) -> Any:
+        """The oldest item; with ``block``, wait for one (as long as it takes: the
+        writer thread's only call)."""
         lingered = self.linger_s <= 0
         while True:
             with self._lock:
@@ -194,15 +194,9 @@ class DropOldestQueue:
                     raise queue.Empty
                 self._wake.clear()
                 self._idle = lingered
-            wait = None if lingered else self.linger_s
-            if deadline is not None:
-                left = max(deadline - time.monotonic(), 0.0)
-                wait = left if wait is None else min(wait, left)
-            self._wake.wait(wait)
+            self._wake.wait(None if lingered else self.linger_s)
             with self._lock:
                 self._idle = False
-            if deadline is not None and time.monotonic() >= deadline and not self._items:
-                raise queue.Empty
             lingered = True
 
     def get_nowait(self) -> Any:
@@ -255,8 +249,6 @@ class CapturingQueueHandler(logging.handlers.QueueHandler):
 # --- the fast entrance: for code that logs every cycle -----------------------------------
 
 _FIELD_NAMES: Final = frozenset(MXRC_FIELDS)
-#: Per thread, its native (kernel) id, looked up once: a thread keeps it for life.
-_this_thread = threading.local()
 
 
 class CycleLogger:
@@ -265,7 +257,7 @@ class CycleLogger:
 
     A stdlib ``log.info`` builds a :class:`logging.LogRecord` on the caller (about 20
     attributes, the caller's frame found by walking the stack, the handler's lock): on a
-    2-vCPU VM that is 30-40 µs a call once a 10 ms sleep has let the caches go cold,
+    2-vCPU VM that is about 35 µs a call once a 10 ms sleep has let the caches go cold,
     3-4 % of a 10 ms cycle at ten records per cycle. This logger captures one tuple
     instead — time, level, the formatted message, the calling frame's file, line and
     function, thread, a copy of the context variables (request id, current span), fields
@@ -290,56 +282,54 @@ class CycleLogger:
         self.name = name
         self.logger = logging.getLogger(name)
 
-    debug: _LevelMethod
-    info: _LevelMethod
-    warning: _LevelMethod
-    error: _LevelMethod
+    def debug(self, msg: str, *args: object, **fields: object) -> None:
+        self._log(logging.DEBUG, msg, args, fields)
 
+    def info(self, msg: str, *args: object, **fields: object) -> None:
+        self._log(logging.INFO, msg, args, fields)
 
-class _LevelMethod(Protocol):
-    def __call__(self, msg: str, *args: object, **fields: object) -> None: ...
+    def warning(self, msg: str, *args: object, **fields: object) -> None:
+        self._log(logging.WARNING, msg, args, fields)
 
+    def error(self, msg: str, *args: object, **fields: object) -> None:
+        self._log(logging.ERROR, msg, args, fields)
 
-def _level_method(level: int) -> Callable[..., None]:
-    """``CycleLogger.info`` and its siblings: one function per level, so that a call
-    costs one Python frame (the caller's cost is the point of the class)."""
-
-    def log(self: CycleLogger, msg: str, *args: object, **fields: object) -> None:
+    def _log(
+        self, level: int, msg: str, args: tuple[object, ...], fields: dict[str, object]
+    ) -> None:
         logger = self.logger
         if not logger.isEnabledFor(level):
             return
         if fields and not fields.keys() <= _FIELD_NAMES:
             mxrc_extra(**fields)  # raises, naming the unknown field and the known ones
         route = _shared.fast_route
-        if route is None or logging.root.handlers != route[1] or logger.handlers:
-            logger.log(level, msg, *args, extra=mxrc_extra(**fields), stacklevel=2)
+        if (
+            route is None
+            or logging.root.handlers != route[1]
+            or logger.handlers
+            or (message := _formatted(msg, args)) is None
+        ):
+            logger.log(level, msg, *args, extra=mxrc_extra(**fields), stacklevel=3)
             return
-        if args:
-            one = args[0] if len(args) == 1 else None
-            values = one if isinstance(one, Mapping) and one else args  # stdlib's "%(x)s"
-            try:
-                msg = msg % values
-            except (TypeError, ValueError, KeyError):  # stdlib reports it, never raises
-                logger.log(level, msg, *args, extra=mxrc_extra(**fields), stacklevel=2)
-                return
-        try:
-            native_id = _this_thread.native_id
-        except AttributeError:
-            native_id = _this_thread.native_id = threading.get_native_id()
-        frame = sys._getframe(1)
+        frame = sys._getframe(2)
         code = frame.f_code
         route[0].put_nowait((
-            time.time(), level, self.name, msg, code.co_filename, frame.f_lineno,
-            code.co_name, (native_id, threading.current_thread().name),
+            time.time(), level, self.name, message, code.co_filename, frame.f_lineno,
+            code.co_name, (threading.get_native_id(), threading.current_thread().name),
             contextvars.copy_context(), _shared.fields, fields,
         ))  # fmt: skip
 
-    log.__name__ = log.__qualname__ = logging.getLevelName(level).lower()
-    return log
 
-
-for _level in (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR):
-    setattr(CycleLogger, logging.getLevelName(_level).lower(), _level_method(_level))
+def _formatted(msg: str, args: tuple[object, ...]) -> str | None:
+    """``msg % args`` as stdlib logging merges them (one mapping argument: ``%(x)s``);
+    ``None`` when they do not fit, so that stdlib logging reports it (it never raises)."""
+    if not args:
+        return msg
+    one = args[0] if len(args) == 1 else None
+    try:
+        return msg % (one if isinstance(one, Mapping) and one else args)
+    except (TypeError, ValueError, KeyError):
+        return None
 
 
 def _request_and_span() -> tuple[str | None, Span]:
@@ -359,7 +349,7 @@ def materialize(captured: tuple[Any, ...]) -> logging.LogRecord:
     record.relativeCreated = (created - logging._startTime) * 1000  # type: ignore[attr-defined]
     record.threadName = thread_name
     if fields:
-        process = {**process, **{MXRC_FIELDS[k]: v for k, v in fields.items() if v is not None}}
+        process = {**process, **mxrc_extra(**fields)["mxrc"]}
     record.mxrc_context = CapturedContext(
         thread_id=native_id,
         request_id=request_id,

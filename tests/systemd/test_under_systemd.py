@@ -137,10 +137,11 @@ def test_units_run_under_a_real_systemd(node: tuple[NamespacedSystemd, Path]) ->
     assert (RT_PRIORITY, {rt_cpu}) in fifo_threads(rt_pid).values()
     # every thread inherits the unit's CPUSchedulingPriority; all but the cycle go to 1,
     # so that none shares the cycle's priority on its CPU
-    until(lambda: sorted(p for p, _ in fifo_threads(rt_pid).values())[-2:-1] == [1], 5,
-          "the RT process's other threads at SCHED_FIFO 1")  # fmt: skip
-    priorities = sorted(p for p, _ in fifo_threads(rt_pid).values())
-    assert priorities[-1] == RT_PRIORITY and set(priorities[:-1]) == {1}, priorities
+    def priorities() -> list[int]:
+        return sorted(priority for priority, _ in fifo_threads(rt_pid).values())
+
+    until(lambda: set(priorities()[:-1]) == {1}, 5, "the other threads at SCHED_FIFO 1")
+    assert priorities()[-1] == RT_PRIORITY, priorities()
 
     until(lambda: state(work) == "READY", 15, "the node READY")
     api(work, "/v1/commands/start", "POST")

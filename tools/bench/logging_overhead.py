@@ -1,7 +1,7 @@
 """What logging costs a cycle: 10 records per 10 ms cycle against no logging, same run.
 
-    .venv/bin/python tools/bench/logging_overhead.py [--cycles 300] [--quick]
-                                                     [--work-us 1000] [--cpu N]
+    .venv/bin/python tools/bench/logging_overhead.py [--cycles 600] [--block 20]
+                                                     [--work-us 1000] [--cpu N] [--quick]
 
 A 10 ms cycle (absolute deadlines on CLOCK_MONOTONIC) executes a fixed workload of
 ``--work-us`` µs of pure-Python arithmetic (calibrated at start), then — in the logging
@@ -11,7 +11,10 @@ JSON and writing a real rotating file), by one of two entrances: ``stdlib`` (a
 ``logging.Logger.info`` call with ``extra=mxrc_extra(...)``) or ``cycle_logger``
 (:class:`mxrc.obs.logs.CycleLogger`, the entrance for code that logs every cycle; the
 same records in the same sinks). "none" blocks run the same cycle without the calls.
-Blocks rotate (none, stdlib, none, cycle_logger, ...) so drift hits every mode. The whole
+Each round runs one block of each mode (none, stdlib, cycle_logger), the order rotating
+from round to round, and an entrance's cost is its block's mean minus the same round's
+none block, the median over rounds: a machine whose speed drifts between minutes (a
+VM's) then moves both sides of every difference. The whole
 process is pinned to one CPU by default, as mxrc nonrt is on a two-CPU controller (the
 RT CPU is the other one): the writer thread then competes with the cycle for that CPU
 and for the GIL, and its cost shows up where it would.
