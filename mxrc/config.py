@@ -105,7 +105,10 @@ SCHEMA: Mapping[str, Mapping[str, Key]] = {
     },
     "rt": {
         "cpu": Key(
-            int, -1, "CPU the cycle thread is pinned to (-1: last allowed CPU)", _at_least(-1)
+            int,
+            -1,
+            "CPU the cycle thread is pinned to (-1: the machine's last online CPU)",
+            _at_least(-1),
         ),
         "priority": Key(int, 80, "SCHED_FIFO priority of the cycle thread (1-99)", _between(1, 99)),
         "budget_us": Key(

@@ -118,7 +118,7 @@ def add_parser(sub: Any) -> None:
         type=int,
         metavar="N",
         help="the CPU the cycle would be pinned to (default: rt.cpu of the configuration; "
-        "-1 or no configuration: the last allowed CPU)",
+        "-1 or no configuration: the machine's last online CPU)",
     )
     check.add_argument("--json", action="store_true", help="findings as a JSON array")
     check.set_defaults(func=_check)
@@ -131,7 +131,7 @@ def _rt(args: argparse.Namespace) -> int:
     placed = numa.bind_rt(config)  # before any other thread exists: all of them inherit it
     # The log writer thread is created here, before the cycle thread: it inherits this
     # thread's affinity and memory policy, never the cycle's CPU (the cycle pins itself).
-    rt_cpu = numa.rt_cpu_of(config)
+    rt_cpu = sched.rt_cpu_of(config)
     set_process_fields(node=config.node_id, numa_node=rtcpu.node_of_cpu(rtcpu.read_nodes(), rt_cpu))
     with LogPipeline(
         LogSettings.from_config(config, "mxrc-rt"), process_name="mxrc-rt"
@@ -211,11 +211,7 @@ def privilege_findings(priority: int = DEFAULT_PRIORITY) -> list[rtcpu.Finding]:
 
 def _check(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    configured = int(config["rt.cpu"])
-    if args.cpu is not None:
-        cpu = args.cpu
-    else:
-        cpu = configured if configured >= 0 else sched.default_cpu()
+    cpu = args.cpu if args.cpu is not None else sched.rt_cpu_of(config)
     findings = (
         rtcpu.audit(cpu)
         + numa.plan_findings(numa.host_plan(config, rt_cpu=cpu))

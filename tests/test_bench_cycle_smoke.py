@@ -35,6 +35,10 @@ def test_cycle_latency_quick() -> None:
     for figures in (cycle, ct):
         assert figures["p50_us"] <= figures["p99_us"] <= figures["p99.9_us"] <= figures["max_us"]
         assert figures["misses"] >= 0
+        tail = list(figures["wake_at_least_us"].values())
+        assert tail == sorted(tail, reverse=True)  # fewer samples past each higher threshold
+    assert cycle["wake_at_least_us"]["500"] == cycle["wake_misses"]
+    assert ct["wake_at_least_us"]["500"] == ct["misses"]  # the default budget: 500 µs
     assert ct["samples"] == 5000
     assert cycle["samples"] + cycle["skipped_periods"] >= 4990  # ~5000 periods in 5 s
     assert cycle["fault"] is None
@@ -42,3 +46,5 @@ def test_cycle_latency_quick() -> None:
     targets = report["targets"]
     assert targets["p99_us_max"] == pytest.approx(1.5 * ct["p99_us"])
     assert report["target_met"] == (targets["p99_met"] and targets["misses_met"])
+    comparison = report["misses_comparison"]
+    assert 0 <= comparison["p_value_cycle_more"] <= 1 and comparison["reading"]

@@ -82,7 +82,7 @@ from mxrc.rt.cpu import (
     parse_cpulist,
     read_nodes,
 )
-from mxrc.rt.sched import Degradation, allowed_cpus, default_cpu, housekeeping_cpus
+from mxrc.rt.sched import Degradation, allowed_cpus, housekeeping_cpus, rt_cpu_of
 
 T = TypeVar("T")
 
@@ -205,20 +205,6 @@ def _nonrt_step(nodes: Mapping[int, frozenset[int]], rt_node: int, nonrt: frozen
 # --- this host -------------------------------------------------------------------------
 
 
-def online_cpus() -> frozenset[int]:
-    try:
-        return parse_cpulist(Path("/sys/devices/system/cpu/online").read_text())
-    except (OSError, ValueError):
-        return frozenset()
-
-
-def rt_cpu_of(config: Config) -> int:
-    """The CPU mxrc rt pins its cycle to: ``rt.cpu``, or for -1 the last CPU this
-    process may use (the rule of :class:`mxrc.rt.cycle.Cycle`)."""
-    configured = int(config["rt.cpu"])
-    return configured if configured >= 0 else default_cpu()
-
-
 def host_plan(
     config: Config,
     *,
@@ -226,13 +212,11 @@ def host_plan(
     nonrt_cpus: frozenset[int] | None = None,
     nodes: Mapping[int, frozenset[int]] | None = None,
 ) -> NumaPlan:
-    """The plan for this host and configuration. Without ``rt_cpu``, ``rt.cpu`` = -1 is
-    resolved as nonrt resolves it (the machine's last online CPU: nonrt may be confined
-    away from it); without ``nonrt_cpus``, nonrt's CPUs are what
-    :func:`mxrc.rt.sched.housekeeping_cpus` gives it."""
+    """The plan for this host and configuration. Without ``rt_cpu``, it is ``rt.cpu`` as
+    :func:`mxrc.rt.sched.rt_cpu_of` resolves it; without ``nonrt_cpus``, nonrt's CPUs are
+    what :func:`mxrc.rt.sched.housekeeping_cpus` gives it."""
     if rt_cpu is None:
-        configured = int(config["rt.cpu"])
-        rt_cpu = configured if configured >= 0 else max(online_cpus() or {default_cpu()})
+        rt_cpu = rt_cpu_of(config)
     if nonrt_cpus is None:
         listed = str(config["nonrt.cpus"])
         nonrt_cpus, _why = housekeeping_cpus(

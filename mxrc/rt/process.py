@@ -444,10 +444,9 @@ class RtHook:
 
 
 def cycle_config(config: Config) -> CycleConfig:
-    cpu = int(config["rt.cpu"])
     return CycleConfig(
         period_ns=round(float(config["cycle.period_ms"]) * 1_000_000),
-        cpu=None if cpu < 0 else cpu,
+        cpu=sched.rt_cpu_of(config),
         priority=int(config["rt.priority"]),
         budget_ns=int(config["rt.budget_us"]) * 1000,
         lock_memory=bool(config["rt.lock_memory"]),

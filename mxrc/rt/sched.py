@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from mxrc.rt.cpu import format_cpulist
+from mxrc.config import Config
+from mxrc.rt.cpu import format_cpulist, parse_cpulist
 
 CLOCK_MONOTONIC = 1
 TIMER_ABSTIME = 1
@@ -254,6 +255,35 @@ def default_cpu() -> int:
     return max(allowed_cpus())
 
 
+def online_cpus() -> frozenset[int]:
+    """The machine's online CPUs (empty when the kernel does not say)."""
+    try:
+        return parse_cpulist(Path("/sys/devices/system/cpu/online").read_text())
+    except (OSError, ValueError):
+        return frozenset()
+
+
+def resolve_rt_cpu(configured: int, online: frozenset[int], allowed: frozenset[int]) -> int:
+    """``rt.cpu`` as every part of mxrc reads it: the CPU given, or for -1 the machine's
+    highest-numbered online CPU (CPU 0 takes most housekeeping interrupts).
+
+    The same answer in every process whatever its own affinity: a unit confines nonrt
+    away from the RT CPU and rt onto it, so "the last CPU I may use" would name a
+    different CPU in each, and nonrt could end up on the CPU the cycle runs on. A CPU
+    that mxrc rt may not use is refused when it pins the cycle (:func:`pin_thread`),
+    naming the CPUs it may use. ``allowed`` is the fallback when ``online`` is unknown.
+    Pure.
+    """
+    if configured >= 0:
+        return configured
+    return max(online or allowed)
+
+
+def rt_cpu_of(config: Config) -> int:
+    """The RT CPU of this configuration on this machine (:func:`resolve_rt_cpu`)."""
+    return resolve_rt_cpu(int(config["rt.cpu"]), online_cpus(), allowed_cpus())
+
+
 def housekeeping_cpus(
     allowed: frozenset[int], rt_cpu: int, configured: frozenset[int] = frozenset()
 ) -> tuple[frozenset[int], str]:
@@ -277,15 +307,20 @@ def housekeeping_cpus(
 
 
 def pin_thread(tid: int, cpu: int) -> None:
-    """Pin one thread (not the process) to ``cpu``; a CPU we may not use is a config error."""
-    allowed = allowed_cpus()
-    if cpu not in allowed:
+    """Pin one thread (not the process) to ``cpu``; a CPU the kernel refuses is a config
+    error. The kernel decides, not this process's affinity: a CPU isolated with
+    ``isolcpus=`` is outside every default affinity, and it is the one to choose."""
+    try:
+        os.sched_setaffinity(tid, {cpu})
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.EPERM):
+            raise
+        online = format_cpulist(online_cpus()) or "unknown"
         raise ValueError(
-            f"CPU {cpu} is not one this process may run on (allowed: "
-            f"{','.join(map(str, sorted(allowed)))}); choose one of those or widen the "
-            "service's cpuset (AllowedCPUs= in the systemd unit)"
-        )
-    os.sched_setaffinity(tid, {cpu})
+            f"CPU {cpu} is not one this process may run on ({exc.strerror}; online CPUs: "
+            f"{online}; this process's affinity: {format_cpulist(allowed_cpus())}); choose "
+            "an online CPU inside the service's cpuset (AllowedCPUs= in the systemd unit)"
+        ) from None
 
 
 # --- memory ----------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from mxrc.errors import CorruptLogError, MxrcError
 from mxrc.obs.logs import LogPipeline, LogSettings
 from mxrc.rt.cpu import parse_cpulist
 from mxrc.rt.numa import prefer_for_nonrt
-from mxrc.rt.sched import allowed_cpus, default_cpu, housekeeping_cpus
+from mxrc.rt.sched import allowed_cpus, housekeeping_cpus, rt_cpu_of
 from mxrc.service.api import build_app
 from mxrc.service.auth import load_or_create_token
 from mxrc.service.controller import Controller
@@ -166,19 +166,10 @@ async def watch(controller: Controller, notifier: Notifier, stop: asyncio.Event)
             notifier.status(controller.status_line())
 
 
-def online_cpus() -> frozenset[int]:
-    try:
-        return parse_cpulist(Path("/sys/devices/system/cpu/online").read_text())
-    except (OSError, ValueError):
-        return frozenset()
-
-
 def place_process(config: Config) -> str:
     """Move this process off the RT CPU before any thread exists (threads inherit the
     affinity of the thread that creates them)."""
-    rt_cpu = int(config["rt.cpu"])
-    if rt_cpu < 0:  # mxrc rt's default, the last CPU: of the machine, not of this process
-        rt_cpu = max(online_cpus() or {default_cpu()})  # (a unit may confine this one)
+    rt_cpu = rt_cpu_of(config)
     configured = str(config["nonrt.cpus"])
     cpus, why = housekeeping_cpus(
         allowed_cpus(), rt_cpu, parse_cpulist(configured) if configured else frozenset()

@@ -9,11 +9,13 @@ Layout, as the boot script sets it up: private mounts; a tmpfs ``/run`` holding 
 test's units in ``/run/systemd/system`` (host units that would act on the machine are
 masked); tmpfs over ``/var/tmp``, ``/var/lib/systemd`` and ``/var/log/journal`` (not
 ``/tmp``: the checkout under test may live there; units get their own through
-PrivateTmp=); an empty ``/etc/systemd/system``; ``/proc/sys`` and ``/sys``
-read-only; a fresh cgroup2 hierarchy; ``/dev/kmsg`` → ``/dev/null``. The launcher
-first moves itself into a child cgroup of the host's cgroup2 mount so that systemd's
-slices never touch the host's hierarchies. :meth:`NamespacedSystemd.stop` ends it
-(``systemctl exit``, then SIGKILL of PID 1) and removes the cgroup directories.
+PrivateTmp=); a private, empty ``/etc/systemd`` with ``system/`` and
+``journald.conf.d/`` (what ``mxrc units install`` writes stays in the test);
+``/proc/sys`` and ``/sys`` read-only; a fresh cgroup2 hierarchy; ``/dev/kmsg`` →
+``/dev/null``. The launcher first moves itself into a child cgroup of the host's
+cgroup2 mount so that systemd's slices never touch the host's hierarchies.
+:meth:`NamespacedSystemd.stop` ends it (``systemctl exit``, then SIGKILL of PID 1)
+and removes the cgroup directories.
 """
 
 from __future__ import annotations
@@ -59,7 +61,8 @@ for u in {MASKED}; do ln -sf /dev/null /run/systemd/system/$u; done
 for d in /var/tmp /var/lib/systemd /var/log/journal; do
   mkdir -p $d; mount -n -t tmpfs tmpfs $d
 done
-mkdir -p /run/empty-units; mount -n --bind /run/empty-units /etc/systemd/system
+mount -n -t tmpfs -o mode=0755 tmpfs /etc/systemd
+mkdir -p /etc/systemd/system /etc/systemd/journald.conf.d
 mount -n --bind /proc/sys /proc/sys; mount -n -o remount,bind,ro /proc/sys
 mount -n -o remount,ro /sys 2>/dev/null || true
 mount -n -t cgroup2 none /sys/fs/cgroup

@@ -18,6 +18,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 from mxrc.config import Config
 from mxrc.errors import ConfigError
@@ -25,7 +26,7 @@ from mxrc.fsutil import atomic_write
 from mxrc.ha.members import parse_address, parse_members
 from mxrc.resources import data_dir
 from mxrc.rt.cpu import format_cpulist, node_of_cpu, parse_cpulist, read_nodes
-from mxrc.rt.sched import allowed_cpus, housekeeping_cpus
+from mxrc.rt.sched import allowed_cpus, housekeeping_cpus, rt_cpu_of
 
 #: template file → unit file
 UNITS: Mapping[str, str] = {
@@ -37,6 +38,17 @@ UNITS: Mapping[str, str] = {
     "journald-mxrc.conf.in": "journald-mxrc.conf",
 }
 
+JOURNALD_DROP_IN: Final = "journald-mxrc.conf"
+#: rendered file → where it is installed, relative to the system's root
+INSTALLED_AT: Mapping[str, str] = {
+    name: "etc/systemd/journald.conf.d/mxrc.conf"
+    if name == JOURNALD_DROP_IN
+    else f"etc/systemd/system/{name}"
+    for name in UNITS.values()
+}
+#: template fields that are paths on the installed system
+PATH_FIELDS: tuple[str, ...] = ("config", "python", "data_dir", "shm_dir")
+
 
 @dataclass(frozen=True)
 class Placement:
@@ -47,11 +59,10 @@ class Placement:
 
 def host_placement(config: Config) -> Placement:
     """Where the processes go on this host: the same rules the processes apply to
-    themselves (``rt.cpu`` -1 is the last allowed CPU; nonrt every other one)."""
+    themselves (``rt.cpu`` as :func:`mxrc.rt.sched.rt_cpu_of` reads it; nonrt every
+    other CPU, or ``nonrt.cpus``)."""
     allowed = allowed_cpus()
-    rt_cpu = int(config["rt.cpu"])
-    if rt_cpu < 0:
-        rt_cpu = max(allowed)
+    rt_cpu = rt_cpu_of(config)
     configured = str(config["nonrt.cpus"])
     nonrt, _why = housekeeping_cpus(
         allowed, rt_cpu, parse_cpulist(configured) if configured else frozenset()
@@ -120,6 +131,18 @@ def unit_values(
             ["localhost", *(str(a) for a in config["systemd.ip_allow"])]
         ),
     }
+
+
+def as_installed(values: Mapping[str, str], root: Path) -> dict[str, str]:
+    """The fields of a system staged under ``root`` (an image being built) as that
+    system sees them once it runs from ``/``: a path under ``root`` loses the prefix,
+    so that the units name ``/etc/mxrc/mxrc.toml``, not the staging directory. Pure."""
+    out = dict(values)
+    for field in PATH_FIELDS:
+        path = Path(values[field])
+        if path.is_relative_to(root):
+            out[field] = str(Path("/") / path.relative_to(root))
+    return out
 
 
 def load_templates(directory: Path | None = None) -> dict[str, str]:

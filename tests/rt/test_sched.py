@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from mxrc.rt import sched
+from mxrc.rt.cpu import format_cpulist
 
 
 def proc_sched(tid: int) -> dict[str, str]:
@@ -102,8 +103,33 @@ def test_pin_thread_sets_the_thread_affinity(idle_thread: int) -> None:
     sched.pin_thread(idle_thread, target)
     assert os.sched_getaffinity(idle_thread) == {target}
     assert len(os.sched_getaffinity(0)) == len(sched.allowed_cpus())  # process untouched
-    with pytest.raises(ValueError, match=r"CPU 4096 is not one this process may run on"):
+    with pytest.raises(ValueError, match=r"CPU 4096 is not one this process may run on") as e:
         sched.pin_thread(idle_thread, 4096)
+    assert f"online CPUs: {format_cpulist(sched.online_cpus())}" in str(e.value)
+
+
+def test_a_cpu_outside_the_callers_affinity_can_still_be_pinned(idle_thread: int) -> None:
+    """As with ``isolcpus=``, whose CPUs are in no default affinity: the calling thread is
+    narrowed to its lowest CPU, and still pins the idle one to the highest."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.skip("needs two CPUs")
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpus[0]})
+    try:
+        sched.pin_thread(idle_thread, cpus[-1])
+        assert os.sched_getaffinity(idle_thread) == {cpus[-1]}
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def test_rt_cpu_minus_one_is_the_machines_last_online_cpu_for_every_process() -> None:
+    # a unit confines nonrt to 0-2 and rt to 3: both resolve -1 to 3
+    online = frozenset(range(4))
+    assert sched.resolve_rt_cpu(-1, online, frozenset({0, 1, 2})) == 3
+    assert sched.resolve_rt_cpu(-1, online, frozenset({3})) == 3
+    assert sched.resolve_rt_cpu(2, online, frozenset({3})) == 2  # given: taken as is
+    assert sched.resolve_rt_cpu(-1, frozenset(), frozenset({0, 5})) == 5  # online unknown
 
 
 def test_lock_memory_really_locks() -> None:

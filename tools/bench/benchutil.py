@@ -114,3 +114,29 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 def rounded(value: float, digits: int = 3) -> float:
     return float(f"{value:.{digits}g}") if value and math.isfinite(value) else value
+
+
+def excess_p_value(ours: int, ours_exposure: float, theirs: int, theirs_exposure: float) -> float:
+    """How likely ``ours`` or more of the ``ours + theirs`` events would be, were both
+    sides' rates equal: the one-sided test of two Poisson counts (conditioned on their
+    sum, ``ours`` is binomial with ``p = ours_exposure / (ours_exposure +
+    theirs_exposure)``).
+
+    Rare events — deadline misses caused by a VM's stalls, tens a minute — give counts
+    whose difference from run to run is about their square root, so "no more than the
+    baseline's count" alone is decided by noise as often as by the code. Small values
+    (below 0.05) say ours is really worse; large ones, that the counts do not differ.
+    """
+    if ours < 0 or theirs < 0 or ours_exposure <= 0 or theirs_exposure <= 0:
+        raise ValueError("counts must be ≥ 0 and exposures > 0")
+    n = ours + theirs
+    if ours == 0:
+        return 1.0
+    p = ours_exposure / (ours_exposure + theirs_exposure)
+    log_p, log_q = math.log(p), math.log1p(-p)
+    log_n = math.lgamma(n + 1)
+    tail = sum(
+        math.exp(log_n - math.lgamma(k + 1) - math.lgamma(n - k + 1) + k * log_p + (n - k) * log_q)
+        for k in range(ours, n + 1)
+    )
+    return min(1.0, tail)
