@@ -135,7 +135,7 @@ class DropOldestQueue:
 
     A put takes no lock: it is one ``deque.append`` (atomic under the GIL) and a read of
     the consumer's idle flag, because a lock is a measurable part of what a cycle pays
-    to log (``tools/bench/logging_overhead.py``). Only dropping locks, so that every
+    to log (``tools/bench/logging_overhead.py``). Only a drop takes a lock, so that every
     dropped item is counted exactly once however many producers race; producers racing
     at the brim may overfill it by one item each until the next put drops back under
     ``capacity``.
