@@ -367,9 +367,10 @@ def line_at(code: types.CodeType, offset: int) -> int:
     """The source line of the instruction at byte ``offset`` in ``code``.
 
     What ``frame.f_lineno`` says, worked out later: CPython finds ``f_lineno`` by
-    reading the function's line table from its start (about 17 µs at line 3000 of a
-    function here), while ``f_lasti`` is a field read, so a :class:`CycleLogger` caller
-    captures the offset and the writer looks the line up (once per call site).
+    reading the function's line table from its start (a cost that grows with the line's
+    distance from the function's first), while ``f_lasti`` is a field read, so a
+    :class:`CycleLogger` caller captures the offset and the writer looks the line up
+    (once per call site).
     """
     for start, end, line in code.co_lines():
         if start <= offset < end and line is not None:
@@ -431,11 +432,11 @@ class EcsWriter(logging.handlers.QueueListener):
         whose arguments do not fit it, formatted here for a :class:`CycleLogger`) is
         reported on stderr as stdlib logging reports it, and the writer goes on: an
         exception here would end the thread and silence the process."""
+        if isinstance(record, tuple):
+            record = materialize(record)
         try:
             prepared = self.prepare(record)
         except Exception:
-            if isinstance(record, tuple):
-                record = materialize(record)
             _error_reporter.handleError(record)
             return
         for handler in self.handlers:

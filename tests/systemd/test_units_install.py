@@ -60,7 +60,7 @@ def test_staged_install_writes_only_what_changed(tmp_path: Path) -> None:
     assert first.stdout.count("wrote") == len(INSTALLED_AT) and "systemctl" not in first.stdout
     rt = (stage / "etc/systemd/system/mxrc-rt.service").read_text()
     assert "--config /etc/mxrc/mxrc.toml" in rt and str(stage) not in rt
-    assert (stage / "etc/systemd/journald.conf.d/mxrc.conf").read_text().count("SystemMaxUse")
+    assert "SystemMaxUse=1G" in (stage / "etc/systemd/journald.conf.d/mxrc.conf").read_text()
 
     again = mxrc_units("install", "--config", str(config), "--root", str(stage))
     assert again.stdout.count("unchanged") == len(INSTALLED_AT) and "wrote" not in again.stdout
