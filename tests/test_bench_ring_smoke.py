@@ -29,13 +29,14 @@ def test_ring_benchmark_quick_run_prints_one_consistent_json_object() -> None:
             bench.kill()
     assert bench.returncode == 0, stderr
     report = json.loads(stdout)  # exactly one JSON document on stdout
-    for transport in ("ring", "queue", "pipe"):
+    for transport in ("ring", "ring_python", "queue", "pipe"):
         figures = report[transport]
         assert figures["msgs_per_s"] > 0
         assert figures["latency_samples"] > 0
         assert 0 < figures["latency_p50_us"] <= figures["latency_p99_us"]
         assert figures["latency_p99_us"] <= figures["latency_max_us"]
     assert report["queue"]["dropped"] == report["pipe"]["dropped"] == 0
+    assert report["ring"]["implementation"] == "native"  # ring_python is the reference
     ratio = report["ring"]["msgs_per_s"] / report["queue"]["msgs_per_s"]
     assert math.isclose(report["ratios"]["ring_vs_queue_msgs_per_s"], ratio, rel_tol=0.01)
     assert isinstance(report["target_met"], bool) and "20" in report["target"]

@@ -78,6 +78,7 @@ from mxrc.rt.hotplug import POLL_INTERVAL_S, PinWatch
 from mxrc.rt.numa import Outcome, bind_rt
 from mxrc.rt.plant import SimulatedJoint
 from mxrc.rt.ring import Ring, RingLayout, RingWriter
+from mxrc.rt.ring import implementation as ring_implementation
 from mxrc.rt.shm import SegmentNotFoundError, ShmLayoutError
 from mxrc.rt.stats import DeadlineCounter, Histogram
 from mxrc.service.events import WAKE_BUCKETS_NS
@@ -194,7 +195,7 @@ class Attached:
     def describe(self) -> str:
         return (
             f"{self.control.segment.name}, {self.ring.segment.name} "
-            f"({RING_LAYOUT.capacity} × {RING_LAYOUT.record_size} B), "
+            f"({RING_LAYOUT.capacity} × {RING_LAYOUT.record_size} B, {ring_implementation()}), "
             f"{self.store.segment.name} ({len(self.store.table.keys)} keys) in {self.directory}"
         )
 

@@ -47,13 +47,22 @@ on counters above 256 creates short-lived ``int`` objects (and the caller's floa
 objects). Those come from pymalloc's pools, are freed at once by reference counting and
 are not GC-tracked, so ``publish`` can never trigger a garbage-collection pass. The
 convenience :meth:`RingWriter.write` and the reader allocate freely (nonrt side).
+
+Two implementations of the hot paths. The writer's publish and the reader's copy-and-decode
+of a run also exist in C (``_ring_native.c``, built at install), used whenever the module
+is importable: CPython's per-record overhead (a Python frame, attribute loads, four C
+calls to publish; a GC-tracked tuple per decoded record, which makes every collection
+during a large poll walk all of them) held the ring to about 10x ``multiprocessing.Queue``.
+The Python code here is the reference: both implementations write the same bytes and
+return the same records (tested against each other), and ``native=False`` selects this
+one. :func:`implementation` says which one a process runs, for its start-up line.
 """
 
 from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from itertools import repeat
@@ -84,6 +93,30 @@ TRACE_ID_SIZE: Final = 16
 SPAN_ID_SIZE: Final = 8
 _ZERO_TRACE_ID: Final = bytes(TRACE_ID_SIZE)
 _ZERO_SPAN_ID: Final = bytes(SPAN_ID_SIZE)
+
+_NativeWriter: type[_ring_native.Writer] | None = None
+_native_read_run: Callable[..., tuple[int, int, int]] | None = None
+try:
+    from mxrc.rt import _ring_native
+except ImportError as exc:  # installed with MXRC_PURE_PYTHON=1, or a source tree not built
+    NATIVE_MISSING: str | None = str(exc)
+else:
+    _NativeWriter, _native_read_run = _ring_native.Writer, _ring_native.read_run
+    NATIVE_MISSING = None
+
+
+def implementation() -> str:
+    """Which hot paths this process runs: ``native``, or ``python`` and why."""
+    return "native" if NATIVE_MISSING is None else f"python ({NATIVE_MISSING})"
+
+
+def _use_native(native: bool | None) -> bool:
+    """``None``: native when built. ``True`` insists (and says why it cannot)."""
+    if native is False:
+        return False
+    if NATIVE_MISSING is not None and native:
+        raise RuntimeError(f"the ring's native module is not available: {NATIVE_MISSING}")
+    return NATIVE_MISSING is None
 
 
 def _fields_format(payload_size: int) -> str:
@@ -282,9 +315,12 @@ class RingWriter(_SlotView):
     A restarted writer resumes at the published ``head``: a record its predecessor was
     killed in the middle of is simply rewritten (readers never saw it: ``head`` had not
     moved past it and its slot was odd).
+
+    :attr:`publish` is the native writer's method when the C module is built (and
+    ``native`` is not ``False``), else :meth:`publish_python`; both write the same bytes.
     """
 
-    def __init__(self, region: Region, layout: RingLayout) -> None:
+    def __init__(self, region: Region, layout: RingLayout, *, native: bool | None = None) -> None:
         super().__init__(region, layout)
         self._pack = struct.Struct(layout.fields_format).pack_into
         self._payload = bytearray(layout.payload_size)
@@ -299,11 +335,33 @@ class RingWriter(_SlotView):
         self._pack_trace = _TRACE_WORDS.pack_into
         self._pack_span = _SPAN_WORD.pack_into
         self._next: int = self._q[self._head_word]
+        self._native: _ring_native.Writer | None = None
+        #: Write one record from the staged payload and trace; returns its index.
+        self.publish: Callable[[int, int, int], int] = self.publish_python
+        if _use_native(native):
+            assert _NativeWriter is not None  # _use_native said so
+            self._native = _NativeWriter(
+                self._q,
+                self._slots,
+                self._head_word * 8,
+                layout.capacity,
+                self._rs,
+                self._payload,
+                self._trace_id,
+                self._span_id,
+                self._next,
+            )
+            self.publish = self._native.publish
+
+    @property
+    def native(self) -> bool:
+        """Whether :attr:`publish` is the C implementation."""
+        return self._native is not None
 
     @property
     def published(self) -> int:
         """Records published so far (the index the next record gets)."""
-        return self._next
+        return self._next if self._native is None else self._native.next
 
     def set_trace(self, trace: TraceContext) -> None:
         """Trace context for the records that follow (it changes per command/span, not
@@ -314,22 +372,28 @@ class RingWriter(_SlotView):
             raise ValueError(f"trace flags must fit a byte, not {trace.flags}")
         self._trace_id[:] = trace.trace_id
         self._span_id[:] = trace.span_id
-        self._trace_flags = trace.flags
+        self._set_flags(trace.flags)
+
+    def _set_flags(self, flags: int) -> None:
+        self._trace_flags = flags
+        if self._native is not None:
+            self._native.flags = flags
 
     def set_trace_words(self, trace_hi: int, trace_lo: int, span_id: int, flags: int) -> None:
         """:meth:`set_trace` from the control block's words (big-endian halves of the
         W3C ids), in place: the cycle calls it on the cycle thread."""
         self._pack_trace(self._trace_id, 0, trace_hi, trace_lo)
         self._pack_span(self._span_id, 0, span_id)
-        self._trace_flags = flags & 0xFF
+        self._set_flags(flags & 0xFF)
 
-    def publish(self, rtype: int, cycle: int, t_ns: int) -> int:
-        """Write one record from the staged payload and trace; returns its index.
+    def publish_python(self, rtype: int, cycle: int, t_ns: int) -> int:
+        """:attr:`publish` in Python (the reference for the C one).
 
         The cycle's hot path: four C calls, no allocation beyond transient ints (see the
         module docstring). Never blocks, whatever the readers do. A field out of range
         (``rtype`` beyond u16...) raises ``struct.error`` with nothing published: the
-        slot is left odd, and the next publish rewrites it.
+        slot is left odd, and the next publish rewrites it. (The C writer raises
+        ``OverflowError`` before touching the slot.)
         """
         n = self._next
         off = self._slots + (n & self._mask) * self._rs
@@ -391,7 +455,9 @@ class RingReader(_SlotView):
     never slow the writer down; the price is that a slow reader loses records, which it
     counts exactly in :attr:`dropped`.
 
-    Reads are batched: for a run of contiguous slots the reader loads every slot's
+    Reads are batched by runs of contiguous slots. The C reader loads each slot's sequence
+    word, copies the slot, loads the word again, and decodes it if both were as expected.
+    The Python one, to make as few calls as it can, loads every slot's
     sequence word (one C call), copies the whole run (one ``memcpy``), loads the words
     again and decodes with ``iter_unpack``. Loads stay in program order on x86-64, so
     each slot's before/after pair brackets its copy exactly as in the one-record
@@ -399,12 +465,21 @@ class RingReader(_SlotView):
     otherwise slots are judged one by one with :func:`classify_slot`.
     """
 
-    def __init__(self, region: Region, layout: RingLayout, *, from_oldest: bool = True) -> None:
+    def __init__(
+        self,
+        region: Region,
+        layout: RingLayout,
+        *,
+        from_oldest: bool = True,
+        native: bool | None = None,
+    ) -> None:
         """``from_oldest``: start with the oldest retained record (a restarted consumer
         sees recent history) instead of with the next one to be published. The oldest
         :func:`lap_slack` slots are left out, as the writer is about to overwrite them.
-        Records gone before the reader started are not counted as dropped."""
+        Records gone before the reader started are not counted as dropped. ``native``:
+        as for :class:`RingWriter` (the C reader checks each slot as it copies it)."""
         super().__init__(region, layout)
+        self.native = _use_native(native)
         self._row = struct.Struct(layout.row_format)
         head: int = self._q[self._head_word]
         oldest = head - layout.capacity + lap_slack(layout.capacity)
@@ -458,6 +533,25 @@ class RingReader(_SlotView):
     def _read_run(self, n: int, count: int, out: list[Record]) -> tuple[int, bool]:
         """Read records ``n .. n+count-1`` (contiguous slots); returns where to resume
         and whether to stop this poll."""
+        if self.native:
+            assert _native_read_run is not None  # _use_native said so
+            ready, before, after = _native_read_run(
+                self._q,
+                self._slots,
+                self._rs,
+                self.layout.capacity,
+                self.layout.payload_size,
+                n,
+                count,
+                out,
+                Record,
+            )
+            if ready == count:
+                return n + count, False
+            return self._stopped_at(n + ready, before, after)
+        return self._read_run_python(n, count, out)
+
+    def _read_run_python(self, n: int, count: int, out: list[Record]) -> tuple[int, bool]:
         stride = self._rs >> 3
         first_word = (self._slots >> 3) + (n & self._mask) * stride
         words = self._q[first_word : first_word + count * stride : stride]
@@ -474,18 +568,22 @@ class RingReader(_SlotView):
             return n + count, False
         rows = [_new_tuple(Record, row) for row in self._row.iter_unpack(block)]
         for i in range(count):
-            state = classify_slot(n + i, before[i], after[i])
-            if state is SlotState.READY:
+            if classify_slot(n + i, before[i], after[i]) is SlotState.READY:
                 out.append(rows[i])
                 continue
-            if state is SlotState.NOT_YET:  # cannot happen below head; be conservative
-                return n + i, True
-            head: int = self._q[self._head_word]
-            resume, lost = resync_after_overwrite(n + i, head, self.layout.capacity)
-            self.dropped += lost
-            self.laps += 1
-            return resume, False
+            return self._stopped_at(n + i, before[i], after[i])
         return n + count, False  # pragma: no cover - some slot differed from expected
+
+    def _stopped_at(self, index: int, before: int, after: int) -> tuple[int, bool]:
+        """Record ``index`` was not complete across its copy: wait for it, or count it
+        (and what the writer is about to take) as lost and resume clear of the writer."""
+        if classify_slot(index, before, after) is SlotState.NOT_YET:
+            return index, True  # cannot happen below head; be conservative
+        head: int = self._q[self._head_word]
+        resume, lost = resync_after_overwrite(index, head, self.layout.capacity)
+        self.dropped += lost
+        self.laps += 1
+        return resume, False
 
 
 # --- segments --------------------------------------------------------------------------
@@ -535,11 +633,11 @@ class Ring:
         )
         return cls(segment, layout)
 
-    def writer(self) -> RingWriter:
-        return RingWriter(self.segment, self.layout)
+    def writer(self, *, native: bool | None = None) -> RingWriter:
+        return RingWriter(self.segment, self.layout, native=native)
 
-    def reader(self, *, from_oldest: bool = True) -> RingReader:
-        return RingReader(self.segment, self.layout, from_oldest=from_oldest)
+    def reader(self, *, from_oldest: bool = True, native: bool | None = None) -> RingReader:
+        return RingReader(self.segment, self.layout, from_oldest=from_oldest, native=native)
 
     def close(self) -> None:
         self.segment.close()

@@ -2,6 +2,11 @@
 real processes — a writer SIGKILLed at random moments never gives a reader a torn
 record, and a lapped reader counts exactly what it missed.
 
+Both implementations of the hot paths (C, and the Python reference) run every test: the
+one-process tests for each, the cross-process drills with a native writer and a Python
+reader and the other way round, and a differential test checks they write the same bytes
+and read the same records.
+
 Every record's fields are a pure function of its sequence number (:func:`fields_of`), and
 successive laps of a slot hold different values, so any mixture of two writes (or of a
 write and the zeros of a fresh slot) fails :func:`check_record`.
@@ -83,6 +88,23 @@ def stage_and_publish(writer: RingWriter) -> int:
 def local_ring(capacity: int) -> tuple[LocalRegion, RingLayout]:
     layout = RingLayout(capacity)
     return LocalRegion(layout.segment_layout()), layout
+
+
+@pytest.fixture(params=[True, False], ids=["native", "python"])
+def native(request: pytest.FixtureRequest) -> bool:
+    """Run a one-process test against the C hot paths and against the Python ones."""
+    return bool(request.param)
+
+
+def pair(region: LocalRegion, layout: RingLayout, native: bool) -> tuple[RingWriter, RingReader]:
+    return RingWriter(region, layout, native=native), RingReader(region, layout, native=native)
+
+
+# A cross-process drill exercises one implementation's writer against the other's reader.
+CROSSED = [
+    pytest.param(True, False, id="native-writer-python-reader"),
+    pytest.param(False, True, id="python-writer-native-reader"),
+]
 
 
 # --- pure layout and protocol ------------------------------------------------------------
@@ -171,9 +193,9 @@ def test_trace_context_round_trips_a_w3c_traceparent() -> None:
 # --- one process, a private region: the protocol end to end ----------------------------
 
 
-def test_records_round_trip_with_trace_and_payload() -> None:
+def test_records_round_trip_with_trace_and_payload(native: bool) -> None:
     region, layout = local_ring(64)
-    writer, reader = RingWriter(region, layout), RingReader(region, layout)
+    writer, reader = pair(region, layout, native)
     assert reader.poll() == []
     for _ in range(40):
         stage_and_publish(writer)
@@ -187,9 +209,9 @@ def test_records_round_trip_with_trace_and_payload() -> None:
     assert (reader.received, reader.dropped, reader.position) == (40, 0, 40)
 
 
-def test_write_convenience_pads_payloads() -> None:
+def test_write_convenience_pads_payloads(native: bool) -> None:
     region, layout = local_ring(8)
-    writer, reader = RingWriter(region, layout), RingReader(region, layout)
+    writer, reader = pair(region, layout, native)
     writer.write(7, 1, 2, b"abc")
     writer.write(7, 2, 3, [1.5, -2.0])
     first, second = reader.poll()
@@ -201,9 +223,9 @@ def test_write_convenience_pads_payloads() -> None:
         writer.write(7, 3, 4, [0.0] * 9)
 
 
-def test_poll_respects_max_records_and_wraps_around_the_ring() -> None:
+def test_poll_respects_max_records_and_wraps_around_the_ring(native: bool) -> None:
     region, layout = local_ring(16)
-    writer, reader = RingWriter(region, layout), RingReader(region, layout)
+    writer, reader = pair(region, layout, native)
     got: list[Record] = []
     for _round in range(10):  # 10 × 7 records through a 16-slot ring, read 3 at a time
         for _ in range(7):
@@ -218,9 +240,9 @@ def test_poll_respects_max_records_and_wraps_around_the_ring() -> None:
     assert reader.dropped == 0
 
 
-def test_a_lapped_reader_counts_exactly_the_records_it_missed() -> None:
+def test_a_lapped_reader_counts_exactly_the_records_it_missed(native: bool) -> None:
     region, layout = local_ring(16)
-    writer, reader = RingWriter(region, layout), RingReader(region, layout)
+    writer, reader = pair(region, layout, native)
     for _ in range(100):
         stage_and_publish(writer)
     records = reader.poll()
@@ -233,30 +255,30 @@ def test_a_lapped_reader_counts_exactly_the_records_it_missed() -> None:
     assert reader.dropped + reader.received == writer.published
 
 
-def test_new_reader_starts_at_oldest_retained_or_at_head() -> None:
+def test_new_reader_starts_at_oldest_retained_or_at_head(native: bool) -> None:
     region, layout = local_ring(16)
-    writer = RingWriter(region, layout)
+    writer = RingWriter(region, layout, native=native)
     for _ in range(40):
         stage_and_publish(writer)
-    assert RingReader(region, layout).position == 40 - 16 + lap_slack(16)
-    late = RingReader(region, layout, from_oldest=False)
+    assert RingReader(region, layout, native=native).position == 40 - 16 + lap_slack(16)
+    late = RingReader(region, layout, from_oldest=False, native=native)
     assert late.poll() == []
     stage_and_publish(writer)
     assert [r.seq for r in late.poll()] == [40]
     assert late.dropped == 0
 
 
-def test_restarted_writer_resumes_after_the_last_published_record() -> None:
+def test_restarted_writer_resumes_after_the_last_published_record(native: bool) -> None:
     region, layout = local_ring(16)
-    first = RingWriter(region, layout)
+    first = RingWriter(region, layout, native=native)
     for _ in range(20):
         stage_and_publish(first)
     # Simulate a writer killed between its odd store and its even store of record 20.
     q = region.u64()
     q[(region.body_offset + layout.slot_offset(20)) // 8] = seq_writing(20)
-    reader = RingReader(region, layout)
+    reader = RingReader(region, layout, native=native)
     assert [r.seq for r in reader.poll()][-1] == 19  # record 20 is not visible
-    second = RingWriter(region, layout)
+    second = RingWriter(region, layout, native=native)
     assert second.published == 20
     stage_and_publish(second)
     (record,) = reader.poll()
@@ -264,11 +286,11 @@ def test_restarted_writer_resumes_after_the_last_published_record() -> None:
     check_record(record)
 
 
-def test_a_field_out_of_range_publishes_nothing() -> None:
+def test_a_field_out_of_range_publishes_nothing(native: bool) -> None:
     region, layout = local_ring(16)
-    writer, reader = RingWriter(region, layout), RingReader(region, layout)
+    writer, reader = pair(region, layout, native)
     stage_and_publish(writer)
-    with pytest.raises(struct.error):
+    with pytest.raises(OverflowError if native else struct.error):
         writer.publish(1 << 16, 0, 0)  # rtype is a u16
     assert writer.published == 1
     assert [r.seq for r in reader.poll()] == [0]
@@ -329,7 +351,9 @@ def test_writer_lapping_the_reader_during_its_copy_is_detected(
 ) -> None:
     layout = RingLayout(16)
     region = _HookedRegion(layout)
-    writer, reader = RingWriter(region, layout), RingReader(region, layout)
+    # The hook runs inside the Python reader's slicing copy; the C reader copies slot by
+    # slot where no hook can reach, and is raced by the cross-process drills instead.
+    writer, reader = RingWriter(region, layout), RingReader(region, layout, native=False)
     for _ in range(16):  # ring full; the reader is exactly one lap behind the next write
         stage_and_publish(writer)
 
@@ -351,9 +375,9 @@ def test_writer_lapping_the_reader_during_its_copy_is_detected(
     assert not set(seqs) & set(range(min(overwrites, 16)))
 
 
-def test_publish_in_steady_state_retains_no_memory_and_creates_no_objects() -> None:
+def test_publish_in_steady_state_retains_no_memory_and_creates_no_objects(native: bool) -> None:
     region, layout = local_ring(256)
-    writer = RingWriter(region, layout)
+    writer = RingWriter(region, layout, native=native)
     staged = writer.payload_f64
     publish = writer.publish
     for i in range(1000):  # warm-up: specialisation, caches
@@ -384,12 +408,123 @@ def test_publish_in_steady_state_retains_no_memory_and_creates_no_objects() -> N
     assert kept < 512, f"publish retained {kept} bytes"
 
 
+# --- the C hot paths against the Python reference ----------------------------------------
+
+
+def test_the_installed_package_runs_the_native_ring() -> None:
+    """The build hook compiled the C module: a silent fall-back to the slower Python
+    ring would otherwise pass every other test here."""
+    assert ring_module.NATIVE_MISSING is None, ring_module.NATIVE_MISSING
+    assert ring_module.implementation() == "native"
+    region, layout = local_ring(16)
+    assert RingWriter(region, layout).native and RingReader(region, layout).native
+    assert not RingWriter(region, layout, native=False).native
+
+
+def test_both_writers_write_the_same_bytes() -> None:
+    rng, seed = seeded_rng("both_writers")
+    regions = [local_ring(16)[0] for _ in range(2)]
+    layout = RingLayout(16)
+    writers = [RingWriter(regions[0], layout, native=True)]
+    writers.append(RingWriter(regions[1], layout, native=False))
+    for step in range(100):  # six laps of the ring, every way of staging a record
+        how, cut = rng.randrange(4), rng.randrange(65)
+        seq = writers[0].published
+        rtype, cycle, t_ns, trace, payload = fields_of(seq)
+        for writer in writers:
+            if how == 0:
+                writer.set_trace(trace)
+                writer.payload[:] = payload
+                writer.publish(rtype, cycle, t_ns)
+            elif how == 1:
+                hi, lo = struct.unpack(">QQ", trace.trace_id)
+                (span,) = struct.unpack(">Q", trace.span_id)
+                writer.set_trace_words(hi, lo, span, trace.flags | 0x100)  # flags wrap to u8
+                writer.publish(rtype, (1 << 64) - 1 - cycle, -t_ns)
+            elif how == 2:
+                writer.write(rtype, cycle, t_ns, payload[:cut], trace)
+            else:
+                writer.write(rtype, cycle, t_ns, [seq * 0.25, -1.5, float("inf")])
+        assert writers[0].published == writers[1].published == step + 1
+        assert bytes(regions[0].buf) == bytes(regions[1].buf), f"step {step} (seed {seed})"
+
+
+def test_both_readers_return_the_same_records_and_counts() -> None:
+    rng, seed = seeded_rng("both_readers")
+    region, layout = local_ring(32)
+    writer = RingWriter(region, layout)
+    readers = [RingReader(region, layout, native=flag) for flag in (True, False)]
+    q = region.u64()
+    for _step in range(300):
+        for _ in range(rng.choice([0, 1, 5, 31, 70])):  # sometimes laps both readers
+            stage_and_publish(writer)
+        if rng.random() < 0.1:  # a slot taken by a later lap under the readers' feet
+            victim = writer.published - rng.randrange(1, 33)
+            word = (region.body_offset + layout.slot_offset(victim)) // 8
+            saved = q[word]
+            q[word] = seq_writing(victim + 32)
+        else:
+            word = -1
+        limit = rng.choice([1, 3, 16, 4096])
+        results = [reader.poll(limit) for reader in readers]
+        if word >= 0:
+            q[word] = saved
+        assert results[0] == results[1], f"seed {seed}"
+        assert all(type(record) is Record for record in results[0])
+        for record in results[0]:
+            check_record(record)
+        counts = [(r.position, r.received, r.dropped, r.laps) for r in readers]
+        assert counts[0] == counts[1], f"seed {seed}"
+    assert readers[0].dropped > 0 and readers[0].laps > 0
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "python"])
+def test_a_reader_waits_at_a_record_being_written_and_skips_one_overwritten(
+    native: bool,
+) -> None:
+    region, layout = local_ring(16)
+    writer = RingWriter(region, layout)
+    for _ in range(12):
+        stage_and_publish(writer)
+    q = region.u64()
+
+    def slot_word(index: int) -> int:
+        return (region.body_offset + layout.slot_offset(index)) // 8
+
+    q[slot_word(6)] = seq_writing(6)  # as if its writer were killed mid-write
+    reader = RingReader(region, layout, native=native)
+    assert [r.seq for r in reader.poll()] == list(range(6))
+    assert (reader.position, reader.dropped, reader.laps) == (6, 0, 0)
+    q[slot_word(6)] = seq_complete(6)
+    q[slot_word(9)] = seq_writing(9 + 16)  # a later lap is taking record 9's slot
+    assert [r.seq for r in reader.poll()] == [6, 7, 8, 10, 11]
+    assert (reader.dropped, reader.laps) == (1, 1)
+
+
+def test_the_native_writer_refuses_a_geometry_that_does_not_fit() -> None:
+    from mxrc.rt import _ring_native
+
+    region, _ = local_ring(16)
+    args = (region.u64(), 128, 64, 16, 128, bytearray(64), bytearray(16), bytearray(8), 0)
+    _ring_native.Writer(*args)
+    too_many = (*args[:3], 1 << 20, *args[4:])
+    with pytest.raises(ValueError, match=r"1048576 x 128 bytes.*region of \d+ bytes"):
+        _ring_native.Writer(*too_many)
+    with pytest.raises(ValueError, match="trace_id must be 16 bytes"):
+        _ring_native.Writer(*args[:6], bytearray(15), *args[7:])
+    with pytest.raises(ValueError, match="writable"):
+        _ring_native.Writer(memoryview(bytes(len(region.buf))).cast("Q"), *args[1:])
+    writer = _ring_native.Writer(*args)
+    with pytest.raises(ValueError, match="fit a byte"):
+        writer.flags = 256
+
+
 # --- real processes, real shared memory ---------------------------------------------------
 
 
-def _write_until_killed(name: str, layout: RingLayout, limit_s: float) -> int:
+def _write_until_killed(name: str, layout: RingLayout, limit_s: float, native: bool) -> int:
     ring = Ring.attach(name, layout)
-    writer = ring.writer()
+    writer = ring.writer(native=native)
     deadline = time.monotonic() + limit_s
     while True:
         for _ in range(256):
@@ -428,18 +563,26 @@ def _word_beyond(q: memoryview, word: int, value: int) -> Callable[[], bool]:
     return lambda: q[word] > value
 
 
-def sigkill_drill(trials: int, *, require_mid_record_kill: bool = False) -> None:
+def sigkill_drill(
+    trials: int, writer_native: bool, reader_native: bool, *, require_mid_record_kill: bool = False
+) -> None:
     rng, seed = seeded_rng("sigkill_drill")
     layout = RingLayout(capacity=64)
     died_mid_write = died_unpublished = 0
     with children() as kids, segment_names("ring") as (name,), Ring.create(name, layout) as ring:
-        reader = ring.reader()
+        reader = ring.reader(native=reader_native)
         q = ring.segment.u64()
         head_word = ring.segment.body_offset // 8
         last = -1
-        for _trial in range(trials):
+        kills = 0
+        # A kill lands inside a record a few % of the time (about 1 % with the C writer,
+        # whose window is shortest): when one is required, go on (to 5x) until it has.
+        while kills < trials or (
+            require_mid_record_kill and died_mid_write == 0 and kills < 5 * trials
+        ):
+            kills += 1
             start: int = q[head_word]
-            pid = kids.fork(lambda: _write_until_killed(name, layout, 20.0))
+            pid = kids.fork(lambda: _write_until_killed(name, layout, 20.0, writer_native))
             wait_until(_word_beyond(q, head_word, start + 64), 10.0, "the writer to start")
             # Read while it writes: sometimes keeping up, sometimes pausing long enough
             # to be lapped (64 slots are a few hundred µs of writing), so reads overlap
@@ -456,33 +599,37 @@ def sigkill_drill(trials: int, *, require_mid_record_kill: bool = False) -> None
             assert last < head  # the record being written when killed was never returned
         assert reader.received + reader.dropped == q[head_word]
     print(
-        f"sigkill drill: {trials} kills, {died_mid_write} mid-record, {died_unpublished} "
+        f"sigkill drill: {kills} kills, {died_mid_write} mid-record, {died_unpublished} "
         f"between record and head, {reader.received} records checked, {reader.dropped} "
         f"dropped in {reader.laps} laps (seed {seed})"
     )
     assert reader.received > 0 and reader.laps > 0, f"the drill never lapped (seed {seed})"
-    if require_mid_record_kill:  # a few % of kills land inside a record: sure in hundreds
+    if require_mid_record_kill:
         assert died_mid_write > 0, f"no kill landed inside a record (seed {seed})"
 
 
-def test_sigkilled_writer_never_yields_a_torn_record() -> None:
-    sigkill_drill(trials=50)
+@pytest.mark.parametrize(("writer_native", "reader_native"), CROSSED)
+def test_sigkilled_writer_never_yields_a_torn_record(
+    writer_native: bool, reader_native: bool
+) -> None:
+    sigkill_drill(50, writer_native, reader_native)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_sigkill_drill_many_trials() -> None:
-    sigkill_drill(trials=400, require_mid_record_kill=True)
+@pytest.mark.parametrize(("writer_native", "reader_native"), CROSSED)
+def test_sigkill_drill_many_trials(writer_native: bool, reader_native: bool) -> None:
+    sigkill_drill(400, writer_native, reader_native, require_mid_record_kill=True)
 
 
-def overlap_drill(seconds: float) -> None:
+def overlap_drill(seconds: float, writer_native: bool, reader_native: bool) -> None:
     """A 4-slot ring: the writer is always overwriting the slots the reader is copying,
     so the window of every write is hit over and over (the SIGKILL drill hits it once
     per kill)."""
     layout = RingLayout(capacity=4)
     with children() as kids, segment_names("ring") as (name,), Ring.create(name, layout) as ring:
-        reader = ring.reader()
-        pid = kids.fork(lambda: _write_until_killed(name, layout, seconds + 30))
+        reader = ring.reader(native=reader_native)
+        pid = kids.fork(lambda: _write_until_killed(name, layout, seconds + 30, writer_native))
         q = ring.segment.u64()
         head_word = ring.segment.body_offset // 8
         wait_until(_word_beyond(q, head_word, 1000), 10, "the writer to start")
@@ -496,31 +643,35 @@ def overlap_drill(seconds: float) -> None:
     assert reader.received > 1000 and reader.laps > 50, "the drill barely overlapped"
 
 
-def test_reader_racing_the_writer_over_a_tiny_ring_never_sees_a_torn_record() -> None:
-    overlap_drill(seconds=1.5)
+@pytest.mark.parametrize(("writer_native", "reader_native"), CROSSED)
+def test_reader_racing_the_writer_over_a_tiny_ring_never_sees_a_torn_record(
+    writer_native: bool, reader_native: bool
+) -> None:
+    overlap_drill(1.5, writer_native, reader_native)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_overlap_drill_long() -> None:
-    overlap_drill(seconds=30.0)
+@pytest.mark.parametrize(("writer_native", "reader_native"), CROSSED)
+def test_overlap_drill_long(writer_native: bool, reader_native: bool) -> None:
+    overlap_drill(30.0, writer_native, reader_native)
 
 
-def _write_exactly(name: str, layout: RingLayout, count: int) -> int:
+def _write_exactly(name: str, layout: RingLayout, count: int, native: bool) -> int:
     ring = Ring.attach(name, layout)
-    writer = ring.writer()
+    writer = ring.writer(native=native)
     for _ in range(count):
         stage_and_publish(writer)
     ring.close()
     return 0
 
 
-def lapping_drill(count: int) -> None:
+def lapping_drill(count: int, writer_native: bool, reader_native: bool) -> None:
     rng, seed = seeded_rng("lapping_drill")
     layout = RingLayout(capacity=256)
     with children() as kids, segment_names("ring") as (name,), Ring.create(name, layout) as ring:
-        reader = ring.reader()
-        pid = kids.fork(lambda: _write_exactly(name, layout, count))
+        reader = ring.reader(native=reader_native)
+        pid = kids.fork(lambda: _write_exactly(name, layout, count, writer_native))
         seqs: list[int] = []
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -545,11 +696,15 @@ def lapping_drill(count: int) -> None:
     assert reader.dropped > 0 and reader.received > 0, f"no lapping happened (seed {seed})"
 
 
-def test_lapped_reader_reports_drops_exactly_across_processes() -> None:
-    lapping_drill(count=30_000)
+@pytest.mark.parametrize(("writer_native", "reader_native"), CROSSED)
+def test_lapped_reader_reports_drops_exactly_across_processes(
+    writer_native: bool, reader_native: bool
+) -> None:
+    lapping_drill(30_000, writer_native, reader_native)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_lapping_drill_long() -> None:
-    lapping_drill(count=1_000_000)
+@pytest.mark.parametrize(("writer_native", "reader_native"), CROSSED)
+def test_lapping_drill_long(writer_native: bool, reader_native: bool) -> None:
+    lapping_drill(1_000_000, writer_native, reader_native)

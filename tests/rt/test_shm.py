@@ -152,14 +152,17 @@ def test_creator_unlinks_on_close_attacher_does_not() -> None:
             created.u64()
 
 
-def test_structures_fail_cleanly_after_their_segment_is_closed() -> None:
+@pytest.mark.parametrize("native", [True, False], ids=["native", "python"])
+def test_structures_fail_cleanly_after_their_segment_is_closed(native: bool) -> None:
     with segment_names("ring") as (name,):
         ring = Ring.create(name, RingLayout(16))
-        writer = ring.writer()
+        writer, reader = ring.writer(native=native), ring.reader(native=native)
         writer.write(1, 1, 1)
         ring.close()
-        with pytest.raises(ValueError, match="released"):
+        with pytest.raises(ValueError, match=r"released|closed"):
             writer.write(1, 2, 2)  # an error, not a write into unmapped memory
+        with pytest.raises(ValueError, match=r"released|closed"):
+            reader.poll()  # nor a read of it
 
 
 def test_attach_reports_a_missing_segment_and_can_wait_for_it() -> None:

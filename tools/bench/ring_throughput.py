@@ -4,6 +4,11 @@
 
 For each transport, in the same run and interleaved (ring, Queue, Pipe, ring, ...):
 
+Two rings are measured: ``ring``, the package's default (the C hot paths when they are
+built, see ``implementation`` in the JSON), and ``ring_python``, the same protocol in its
+pure-Python reference implementation (``native=False``), so the gain of the C module is
+measured too.
+
 * **throughput**: a producer process sends messages as fast as it can, a consumer process
   receives them; messages/s = messages delivered / (last receipt − first send). Every
   message is one 128-byte record stamped with ``time.monotonic_ns()`` by the producer,
@@ -39,6 +44,7 @@ from functools import partial
 from multiprocessing.connection import Connection
 from typing import Any
 
+from mxrc.rt import ring as ring_module
 from mxrc.rt.ring import Ring, RingLayout
 from mxrc.rt.shm import unlink_segment
 
@@ -89,10 +95,10 @@ def pace(start_ns: int, interval_ns: int, i: int) -> None:
 # --- producers: return (first send ns, last send ns) ------------------------------------
 
 
-def ring_producer(name: str, count: int, interval_ns: int) -> tuple[int, int]:
+def ring_producer(name: str, count: int, interval_ns: int, native: bool) -> tuple[int, int]:
     ring = Ring.attach(name, RingLayout(CAPACITY, PAYLOAD_SIZE))
     try:
-        writer = ring.writer()
+        writer = ring.writer(native=native)
         staged = writer.payload_f64
         publish = writer.publish
         mono = time.monotonic_ns
@@ -142,10 +148,12 @@ def pipe_producer(conn: Connection, count: int, interval_ns: int) -> tuple[int, 
 # --- consumers: return a result dict ----------------------------------------------------
 
 
-def ring_consumer(name: str, count: int, ready: Any, timed: bool) -> dict[str, Any]:
+def ring_consumer(
+    name: str, count: int, ready: Any, timed: bool, native: bool
+) -> dict[str, Any]:
     ring = Ring.attach(name, RingLayout(CAPACITY, PAYLOAD_SIZE))
     try:
-        reader = ring.reader(from_oldest=False)
+        reader = ring.reader(from_oldest=False, native=native)
         poll = reader.poll
         mono = time.monotonic_ns
         latencies: list[int] = []
@@ -231,10 +239,11 @@ def measure(
     produce: Callable[[], object]
     consume: Callable[[], object]
     timed = interval_ns > 0
-    if transport == "ring":
+    if transport in ("ring", "ring_python"):
+        native = transport == "ring" and ring_module.NATIVE_MISSING is None
         ring = Ring.create(name, RingLayout(CAPACITY, PAYLOAD_SIZE))
-        produce = partial(ring_producer, name, count, interval_ns)
-        consume = partial(ring_consumer, name, count, ready, timed)
+        produce = partial(ring_producer, name, count, interval_ns, native)
+        consume = partial(ring_consumer, name, count, ready, timed, native)
     elif transport == "queue":
         queue = _CTX.Queue()
         produce = partial(queue_producer, queue, count, interval_ns)
@@ -306,9 +315,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     quick = args.quick
     repeat = args.repeat or (1 if quick else 3)
-    throughput_n = {"ring": 100_000, "queue": 20_000, "pipe": 20_000}
+    throughput_n = {"ring": 100_000, "ring_python": 50_000, "queue": 20_000, "pipe": 20_000}
     if not quick:
-        throughput_n = {"ring": 1_000_000, "queue": 200_000, "pipe": 200_000}
+        throughput_n = {
+            "ring": 2_000_000,
+            "ring_python": 1_000_000,
+            "queue": 200_000,
+            "pipe": 200_000,
+        }
+    if ring_module.NATIVE_MISSING is not None:  # "ring" is the Python one already
+        del throughput_n["ring_python"]
     latency_n = 1_000 + WARMUP if quick else 10_000 + WARMUP
     interval_ns = int(args.interval_us * 1000)
     cpus = cpu_plan()
@@ -323,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
             result = measure(transport, count, 0, cpus)
             throughput[transport].append(result)
             progress(
-                f"  run {run + 1} {transport:5s} throughput {result['msgs_per_s']:>12,.0f} msg/s"
+                f"  run {run + 1} {transport:11s} throughput {result['msgs_per_s']:>12,.0f} msg/s"
                 f" (dropped {result['dropped']})"
             )
         for transport in throughput_n:
@@ -331,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
             latency[transport].append(result)
             lat = result["latency_us"]
             progress(
-                f"  run {run + 1} {transport:5s} latency p50 {lat['p50']:.1f} µs "
+                f"  run {run + 1} {transport:11s} latency p50 {lat['p50']:.1f} µs "
                 f"p99 {lat['p99']:.1f} µs"
             )
     figures: dict[str, dict[str, Any]] = {}
@@ -350,6 +366,7 @@ def main(argv: list[str] | None = None) -> int:
             "runs_msgs_per_s": [_round(r["msgs_per_s"]) for r in throughput[transport]],
         }
     ring, queue, pipe = figures["ring"], figures["queue"], figures["pipe"]
+    ring["implementation"] = ring_module.implementation()
     ratio = ring["msgs_per_s"] / queue["msgs_per_s"]
     result = {
         "benchmark": "ring_throughput",
@@ -364,11 +381,18 @@ def main(argv: list[str] | None = None) -> int:
         "ring_capacity": CAPACITY,
         "latency_pacing_us": args.interval_us,
         "repeat": repeat,
-        "ring": ring,
-        "queue": queue,
-        "pipe": pipe,
+        **figures,
         "ratios": {
             "ring_vs_queue_msgs_per_s": _round(ratio, 3),
+            **(
+                {
+                    "ring_python_vs_queue_msgs_per_s": _round(
+                        figures["ring_python"]["msgs_per_s"] / queue["msgs_per_s"], 3
+                    )
+                }
+                if "ring_python" in figures
+                else {}
+            ),
             "ring_vs_pipe_msgs_per_s": _round(ring["msgs_per_s"] / pipe["msgs_per_s"], 3),
             "queue_vs_ring_latency_p50": _round(
                 queue["latency_p50_us"] / ring["latency_p50_us"], 3
