@@ -9,7 +9,18 @@ import pytest
 
 from mxrc.config import build_config
 from mxrc.node import Node
+from mxrc.obs.logs import process_fields, set_process_fields
 from mxrc.statechart import Chart, default_registry
+
+
+@pytest.fixture(autouse=True)
+def _process_log_fields() -> Iterator[None]:
+    """Every Controller a test runs sets the process-wide log fields (node, state, lease
+    token) as a real process does; each test leaves them as it found them, so a test
+    that checks a record's fields does not see a lease taken by an earlier test."""
+    saved = process_fields()
+    yield
+    set_process_fields(**{**dict.fromkeys(process_fields()), **saved})
 
 
 @pytest.fixture

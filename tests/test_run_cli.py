@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -94,6 +95,10 @@ class Api:
             result: dict[str, Any] = json.loads(r.read())
             return result
 
+    def text(self, path: str) -> str:
+        with urllib.request.urlopen(self.url + path, timeout=10) as r:
+            return str(r.read().decode())
+
     def post(self, path: str) -> tuple[int, dict[str, Any]]:
         request = urllib.request.Request(
             self.url + path,
@@ -170,6 +175,10 @@ def test_run_starts_both_processes_and_stops_them_cleanly(
     while not api.get("/v1/telemetry").get("driving"):
         assert time.monotonic() < deadline, "the cycle never drove outputs"
         time.sleep(0.05)
+    # Probes are counted straight into the metrics (not through the bus), like the rest.
+    exposition = api.text("/metrics")
+    assert re.search(r'mxrc_api_requests_total\{[^}]*route="/ready"[^}]*\} [1-9]', exposition)
+    assert re.search(r'mxrc_api_requests_total\{[^}]*route="/v1/state"[^}]*\} [1-9]', exposition)
     p.send_signal(signal.SIGTERM)
     out, err = p.communicate(timeout=40)
     assert p.returncode == 0, err

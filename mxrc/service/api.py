@@ -414,18 +414,56 @@ def _route_of(request: web.Request) -> str:
     return resource.canonical if resource is not None else UNMATCHED_ROUTE
 
 
+#: Monitoring probes: polled hard by load balancers and scrapers, and answered from
+#: state the node already has, so they skip what only helps requests that do something.
+PROBE_PATHS: Final = frozenset({"/health", "/ready", "/metrics"})
+
+
 def _observe(
-    on_request: Callable[[ApiRequest], None] | None, max_body_bytes: int, tracer: Tracer
+    on_request: Callable[[ApiRequest], None] | None,
+    on_probe: Callable[[ApiRequest], None] | None,
+    max_body_bytes: int,
+    tracer: Tracer,
 ) -> Any:
     """The one middleware (each aiohttp middleware layer costs every request, and
     ``/health`` is polled hard): every request, whatever happened inside, runs in a
     SERVER span (child of the caller's ``traceparent`` when valid, else a new trace) and
     under its request id (the caller's ``X-Request-Id``, else a new one), so the
     backend's spans and log lines join it; it is reported once (metrics), carries both
-    ids back in its headers, and every failure is answered by :func:`answer` as JSON."""
+    ids back in its headers, and every failure is answered by :func:`answer` as JSON.
+
+    Except a probe (:data:`PROBE_PATHS`) that brings no ``traceparent``: it gets no span
+    and no request id (nothing it does logs or traces), and it is reported to
+    ``on_probe`` at once instead of through ``on_request`` (the EventBus). A load
+    balancer polling ``/health`` thousands of times a second would otherwise cost a
+    span and a bus event per poll, which is most of the price of a cached ``/health``
+    and buys nothing: no trace is wanted and no observer but the metrics cares. A probe
+    with a ``traceparent`` is traced."""
+
+    async def probe(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        status = 500
+        try:
+            response = await answer(request, handler, max_body_bytes)
+            status = response.status
+            response.headers.setdefault("X-Content-Type-Options", "nosniff")
+            return response
+        except asyncio.CancelledError:
+            status = CLIENT_CLOSED
+            raise
+        finally:
+            if on_probe is not None:
+                event = ApiRequest(request.method, request.path, status,
+                                   time.perf_counter() - started)  # fmt: skip
+                try:
+                    on_probe(event)
+                except Exception:
+                    log.exception("on_probe observer failed for %s", event)
 
     @web.middleware
     async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path in PROBE_PATHS and "traceparent" not in request.headers:
+            return await probe(request, handler)
         started = time.perf_counter()
         route = _route_of(request)
         request_id = accept_request_id(request.headers.get("X-Request-Id"))
@@ -528,15 +566,25 @@ def build_app(
     on_request: Callable[[ApiRequest], None] | None = None,
     health_max_age_s: float = 0.0,
     tracer: Tracer | None = None,
+    on_probe: Callable[[ApiRequest], None] | None = None,
 ) -> web.Application:
     """The admin API and the operator's page for one node, ready for an AppRunner.
-    ``tracer``: where request spans go (default: no-op, trace ids still propagate)."""
+    ``tracer``: where request spans go (default: no-op, trace ids still propagate).
+    ``on_probe``: where untraced probes are reported, synchronously on the event loop
+    (default: ``on_request``); see :func:`_observe`."""
     api = AdminApi(
         backend, token=token, max_body_bytes=max_body_bytes, health_max_age_s=health_max_age_s
     )
     app = web.Application(
         client_max_size=max_body_bytes,
-        middlewares=[_observe(on_request, max_body_bytes, tracer or unrecorded_tracer())],
+        middlewares=[
+            _observe(
+                on_request,
+                on_request if on_probe is None else on_probe,
+                max_body_bytes,
+                tracer or unrecorded_tracer(),
+            )
+        ],
     )
 
     async def on_shutdown(_app: web.Application) -> None:

@@ -104,6 +104,7 @@ async def serve(config: Config, notifier: Notifier) -> int:
             token=token,
             max_body_bytes=int(config["api.max_body_bytes"]),
             on_request=controller.bus.publish,
+            on_probe=controller.metrics.observe,
             health_max_age_s=float(config["api.health_cache_ms"]) / 1000,
             tracer=controller.tracer,
         )

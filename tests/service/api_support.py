@@ -23,6 +23,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from opentelemetry.trace import Tracer
 
 from mxrc.config import Config, load_config
 from mxrc.ha.backend import HaBackend
@@ -133,9 +134,12 @@ async def serve(
     max_body: int = MAX_BODY,
     sections: Mapping[str, Mapping[str, Any]] | None = None,
     health_max_age_s: float = 0.0,
+    tracer: Tracer | None = None,
+    on_probe: Callable[[ApiRequest], None] | None = None,
 ) -> AsyncIterator[Served]:
     """The real controller and its admin API on a real loopback socket; ``sections``
-    override the test configuration."""
+    override the test configuration. Requests are reported to ``Served.requests``, and
+    so are untraced probes unless ``on_probe`` takes them."""
     config_file = write_config(tmp, sections=sections)
     config = load_config(config_file)
     token = load_or_create_token(config.data_dir.parent / "api-token")
@@ -152,7 +156,8 @@ async def serve(
             max_body_bytes=max_body,
             on_request=seen.append,
             health_max_age_s=health_max_age_s,
-            tracer=controller.tracer,
+            tracer=controller.tracer if tracer is None else tracer,
+            on_probe=on_probe,
         )
         async with TestClient(TestServer(app, host="127.0.0.1")) as client:
             if with_rt:
