@@ -65,10 +65,14 @@ class NativeRingHook(BuildHookInterface):  # type: ignore[type-arg]
     PLUGIN_NAME = "custom"
 
     def initialize(self, version: str, build_data: dict[str, Any]) -> None:
-        if self.target_name != "wheel" or os.environ.get(PURE_PYTHON_VARIABLE) == "1":
+        if self.target_name != "wheel":
             return
         source = Path(self.root, SOURCE)
         name = "_ring_native" + (sysconfig.get_config_var("EXT_SUFFIX") or ".so")
+        if os.environ.get(PURE_PYTHON_VARIABLE) == "1":
+            if version == "editable":  # a module built earlier would still be imported
+                source.with_name(name).unlink(missing_ok=True)
+            return
         if version == "editable":
             compile_module(source, source.with_name(name))
             return
