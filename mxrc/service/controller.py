@@ -207,6 +207,9 @@ class Controller:
         self.latest_wall_ns: int | None = None
         self.rt_attached = False
         self.rt_starts = 0
+        # The RT process stopped cleanly while the node was READY (a planned stop): its
+        # return, the node still READY, is no incident either.
+        self._rt_stopped_while_ready = False
         self.boot: BootReport | None = None
         self.segments: Segments | None = None
         self.block: ControlBlockWriter | None = None
@@ -497,16 +500,25 @@ class Controller:
         elif isinstance(event, RtStarted):
             self.rt_starts += 1
             restarted = self.rt_starts > 1
+            planned = self._rt_stopped_while_ready and state == "READY"
+            self._rt_stopped_while_ready = False
             self.rt_attached = True
             self.cycle_samples.clear()
-            if restarted and active:
+            if restarted and active and not planned:
                 self._safety_fault("rt_restart")
         elif isinstance(event, RtFault):
             if event.cause not in EXPECTED_RT_CAUSES and state == "RUNNING":
                 self._safety_fault(f"rt_{event.cause}")
         elif isinstance(event, RtStopped | RtLost):
             self.rt_attached = False
-            if active:
+            self._rt_stopped_while_ready = False
+            if isinstance(event, RtStopped) and state == "READY" and not event.was_driving:
+                # A clean exit with nothing driven (`systemctl stop mxrc.target` after
+                # `mxrc command stop`): the outputs were held already, and start stays
+                # refused until the cycle reports again. Lost or killed is still a fault.
+                log.info("the RT process stopped cleanly while READY; the node stays READY")
+                self._rt_stopped_while_ready = not self.stopping
+            elif active:
                 what = "rt_stopped" if isinstance(event, RtStopped) else "rt_lost"
                 log.warning("the RT process is gone (%s); holding outputs", what)
                 self._safety_fault(what)

@@ -80,6 +80,12 @@ class RtChild:
             os.kill(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
 
+    def stop(self) -> int:
+        """SIGTERM, as systemd stops it: the process ends its cycle cleanly."""
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGTERM)
+        return self.proc.wait(30)
+
 
 @dataclass
 class Served:

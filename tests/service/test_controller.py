@@ -143,6 +143,36 @@ def test_killed_rt_faults_to_safe_mode_and_reset_waits_for_it(tmp_path: Path) ->
     assert fault[2] in ("rt_lost", "rt_stopped"), moves
 
 
+def test_a_clean_rt_stop_while_ready_is_no_fault_but_while_running_it_is(
+    tmp_path: Path,
+) -> None:
+    """``systemctl stop mxrc.target`` after ``mxrc command stop``: the node stays READY,
+    refuses to start until the cycle reports again, and the RT process's return is no
+    incident. The same clean stop while RUNNING ends motion unasked: a fault."""
+
+    async def body(c: Controller, rt: RtChild, config: Config) -> None:
+        await until(lambda: c.node.state == "READY" and c.rt_attached, 20, "READY")
+        assert rt.stop() == 0
+        await until(lambda: not c.rt_attached, 10, "the RT process reported stopped")
+        await asyncio.sleep(float(config["nonrt.rt_silence_s"]) * 1.5)  # no RtLost later
+        assert c.node.state == "READY"
+        with pytest.raises(TriggerRejected):
+            await c.command("start", actor="test", cause=None, traceparent="")
+        rt.start()
+        await until(lambda: c.rt_attached, 20, "the RT process back")
+        await until(lambda: "rt_lost" not in " ".join(c.active_conditions()), 10, "attached")
+        assert c.node.state == "READY"
+        await c.command("start", actor="test", cause=None, traceparent="")
+        await until(lambda: bool(c.latest and c.latest.driving), 10, "driving")
+        assert rt.stop() == 0
+        await until(lambda: c.node.state == "SAFE_MODE", 10, "SAFE_MODE")
+
+    scenario(tmp_path, body)
+    moves = transitions(load_config(tmp_path / "n1.toml"))
+    faults = [m for m in moves if m[0] == "fault"]
+    assert [f[2] for f in faults] == ["rt_stopped"], moves
+
+
 def test_deadline_miss_burst_faults_the_node(tmp_path: Path) -> None:
     async def body(c: Controller, rt: RtChild, config: Config) -> None:
         await until(lambda: c.node.state == "READY", 20, "READY")

@@ -29,6 +29,7 @@ import pytest
 import mxrc
 from mxrc.config import load_config
 from mxrc.drill.etcd import free_ports
+from mxrc.eventlog import read_records
 from mxrc.systemd.sandbox import relax_for_code_location
 from mxrc.systemd.units import host_placement, load_templates, render, unit_values
 from tests.configs import TOLERANT_TIMING, Sections, merged, toml_text
@@ -218,6 +219,36 @@ def test_units_run_under_a_real_systemd(node: tuple[NamespacedSystemd, Path]) ->
     # Requires=: stopping nonrt stops rt
     system.systemctl("stop", "mxrc-nonrt.service")
     until(lambda: not active(system, "mxrc-rt.service"), 15, "mxrc-rt stopped with nonrt")
+
+
+def test_a_planned_restart_of_the_target_comes_back_ready(
+    node: tuple[NamespacedSystemd, Path],
+) -> None:
+    """The operator's planned stop: ``mxrc command stop``, then ``systemctl restart
+    mxrc.target``. systemd stops mxrc-rt first (cleanly, the node READY), then nonrt;
+    both come back and the node is READY, with no fault journalled and no reset needed."""
+    system, work = node
+    system.systemctl("start", "mxrc.target")
+    until(lambda: active(system, "mxrc-nonrt.service", "mxrc-rt.service"), 10, "both active")
+    until(lambda: state(work) == "READY", 15, "the node READY")
+    api(work, "/v1/commands/start", "POST")
+    until(lambda: state(work) == "RUNNING", 5, "RUNNING")
+    api(work, "/v1/commands/stop", "POST")
+    until(lambda: state(work) == "READY", 5, "READY again")
+    first_nonrt = system.host_pid("mxrc-nonrt.service")
+    system.systemctl("restart", "mxrc.target")
+    until(lambda: active(system, "mxrc-nonrt.service", "mxrc-rt.service")
+          and system.host_pid("mxrc-nonrt.service") not in (0, first_nonrt), 20,
+          "both restarted")  # fmt: skip
+    until(lambda: state(work) == "READY", 20, "the node READY after the restart")
+    api(work, "/v1/commands/start", "POST")  # no reset: start is allowed as it is
+    until(lambda: state(work) == "RUNNING", 10, "RUNNING after the restart")
+    moves = [
+        (r["payload"]["trigger"], r["payload"]["dest"])
+        for r in read_records(work / "var" / "eventlog")
+        if r["type"] == "transition"
+    ]
+    assert not [m for m in moves if m[1] == "SAFE_MODE"], moves
 
 
 def test_a_crash_loop_stops_at_the_burst_and_hands_over(
