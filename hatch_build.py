@@ -28,8 +28,11 @@ MODULE_DIR = "mxrc/rt"
 PURE_PYTHON_VARIABLE = "MXRC_PURE_PYTHON"
 
 
-def compile_module(source: Path, target: Path) -> None:
-    """Build ``source`` into the extension module ``target`` for this interpreter."""
+def compile_module(source: Path, target: Path, *, strict: bool = False) -> None:
+    """Build ``source`` into the extension module ``target`` for this interpreter.
+
+    ``strict`` makes warnings errors: the test suite builds it so, while an install does
+    not, so that a newer compiler's new warning cannot stop someone installing mxrc."""
     compiler = shlex.split(sysconfig.get_config_var("CC") or "cc")
     include = sysconfig.get_paths()["include"]
     command = [
@@ -39,7 +42,7 @@ def compile_module(source: Path, target: Path) -> None:
         "-O2",
         "-Wall",
         "-Wextra",
-        "-Werror",
+        *(["-Werror"] if strict else []),
         "-I",
         include,
         str(source),

@@ -76,3 +76,16 @@ def test_a_pure_python_install_runs_the_reference_ring_and_says_so(tmp_path: Pat
     out = run_from(site, probe)
     assert out[0].startswith("python (") and "_ring_native" in out[0]
     assert out[1] == "False 3 4 1.5"
+
+
+def test_the_ring_module_compiles_without_a_warning(tmp_path: Path) -> None:
+    """The install compiles with warnings allowed; here they are errors (``-Wall
+    -Wextra -Werror``), with the compiler the install uses."""
+    sys.path.insert(0, str(ROOT))
+    try:
+        import hatch_build
+    finally:
+        sys.path.remove(str(ROOT))
+    target = tmp_path / "_ring_native.so"
+    hatch_build.compile_module(ROOT / hatch_build.SOURCE, target, strict=True)
+    assert target.stat().st_size > 0
