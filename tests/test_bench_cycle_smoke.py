@@ -48,3 +48,13 @@ def test_cycle_latency_quick() -> None:
     assert report["target_met"] == (targets["p99_met"] and targets["misses_met"])
     comparison = report["misses_comparison"]
     assert 0 <= comparison["p_value_cycle_more"] <= 1 and comparison["reading"]
+
+    paired = report["paired"]  # the cycle and the probe together, 5 s
+    assert "error" not in paired, paired
+    assert paired["cycle"]["fault"] is None
+    assert paired["cycle"]["samples"] + paired["cycle"]["skipped_periods"] >= 4990
+    assert paired["probe"]["samples"] >= 19_000  # released every 250 µs while the cycle ran
+    verdicts = paired["attribution"]
+    assert verdicts["attributed"] == verdicts["misses"] == paired["cycle"]["misses"]
+    assert verdicts["platform"] + verdicts["own"] + verdicts["undecided"] == verdicts["attributed"]
+    assert paired["own_misses_met"] == (verdicts["own"] == 0)

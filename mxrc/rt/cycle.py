@@ -97,10 +97,20 @@ class CycleConfig:
     switch_interval_s: float | None = 100e-6  # GIL hand-over bound while running; None: keep
     histogram_bin_ns: int = 1_000
     histogram_limit_ns: int = 10_000_000
+    #: Release the cycle at this offset into each period of CLOCK_MONOTONIC (deadlines
+    #: ≡ phase_ns mod period_ns) rather than wherever start-up happened to end. Another
+    #: periodic task on the same CPU can then be kept clear of the cycle's wake-up
+    #: (cyclictest ``--secaligned`` releases at whole milliseconds); None: no alignment.
+    phase_ns: int | None = None
 
     def __post_init__(self) -> None:
         if self.period_ns < 50_000:
             raise ValueError(f"cycle period {self.period_ns} ns is below the 50 µs minimum")
+        if self.phase_ns is not None and not 0 <= self.phase_ns < self.period_ns:
+            raise ValueError(
+                f"cycle phase {self.phase_ns} ns must be in 0..{self.period_ns - 1} "
+                "(an offset into one period)"
+            )
         if not 1 <= self.priority <= 99:
             raise ValueError(f"SCHED_FIFO priority must be 1..99, got {self.priority}")
         if self.budget_ns <= 0:
@@ -320,6 +330,8 @@ class Cycle:
         observe = self.deadlines.observe
         tick = 0
         deadline = now() + period
+        if self.config.phase_ns is not None:
+            deadline += (self.config.phase_ns - deadline) % period
         info.start_ns = deadline
         self.started_ns = deadline
         while not self._stop_requested:
@@ -333,7 +345,7 @@ class Cycle:
             end = now()
             record_wake(wake - deadline)
             record_exec(end - wake)
-            observe(end - deadline)
+            observe(end - deadline, deadline)
             self.cycles += 1
             tick += 1
             deadline += period

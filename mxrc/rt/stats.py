@@ -15,7 +15,7 @@ import itertools
 import math
 from array import array
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 
 PERCENTILES: Mapping[str, float] = {"p50": 0.50, "p99": 0.99, "p99.9": 0.999}
@@ -143,6 +143,10 @@ def percentile_from_bins(
     return percentiles_from_bins(counts, bin_ns, overflow, max_ns, [q])[0]
 
 
+#: How many of the latest misses :class:`DeadlineCounter` keeps, with their times.
+MISS_LOG_SIZE = 1024
+
+
 @dataclass
 class DeadlineCounter:
     """Counts cycles whose response (wake-up latency + execution) exceeded the budget.
@@ -150,15 +154,42 @@ class DeadlineCounter:
     A control cycle has met its deadline when its outputs are written, not when it
     wakes, so the budget is compared with the time from the release (the absolute
     deadline it slept until) to the end of its work.
+
+    The latest :data:`MISS_LOG_SIZE` misses are also kept with their deadlines
+    (CLOCK_MONOTONIC ns), in machine-integer arrays written in place: a count says how
+    often the cycle was late, but only the times let someone match each miss with what
+    else happened on the machine then (a host stall seen by another probe, a journal
+    entry, an interrupt storm).
     """
 
     budget_ns: int
     misses: int = 0
     worst_ns: int = 0
+    log_size: int = MISS_LOG_SIZE
+    _log_deadline: array[int] = field(init=False, repr=False)
+    _log_response: array[int] = field(init=False, repr=False)
 
-    def observe(self, response_ns: int) -> bool:
+    def __post_init__(self) -> None:
+        if self.log_size <= 0:
+            raise ValueError(f"miss log size must be positive, got {self.log_size}")
+        self._log_deadline = array("q", bytes(8 * self.log_size))
+        self._log_response = array("q", bytes(8 * self.log_size))
+
+    def observe(self, response_ns: int, deadline_ns: int = 0) -> bool:
         self.worst_ns = max(self.worst_ns, response_ns)
         if response_ns > self.budget_ns:
+            slot = self.misses % self.log_size
+            self._log_deadline[slot] = deadline_ns
+            self._log_response[slot] = response_ns
             self.misses += 1
             return True
         return False
+
+    def recent_misses(self) -> list[tuple[int, int]]:
+        """The kept misses, oldest first, as ``(deadline_ns, response_ns)``."""
+        kept = min(self.misses, self.log_size)
+        first = self.misses - kept
+        return [
+            (self._log_deadline[i % self.log_size], self._log_response[i % self.log_size])
+            for i in range(first, self.misses)
+        ]

@@ -169,6 +169,47 @@ def test_absolute_deadlines_do_not_drift() -> None:
     assert naive > 5 * tolerance, naive
 
 
+def test_a_phase_puts_every_release_at_that_offset_into_the_period() -> None:
+    deadlines: list[int] = []
+
+    def record(info: CycleInfo) -> None:
+        deadlines.append(info.deadline_ns)
+        if len(deadlines) == 200:  # one overrun: the skipped periods keep the phase
+            while time.monotonic_ns() < info.deadline_ns + 2_500_000:
+                pass
+
+    cycle = started(CycleConfig(cpu=CPU, lock_memory=False, phase_ns=700_000), record)
+    time.sleep(0.5)
+    cycle.stop()
+    assert len(deadlines) > 300 and cycle.skipped_periods >= 2
+    assert {d % MS for d in deadlines} == {700_000}
+    assert cycle.started_ns % MS == 700_000
+    with pytest.raises(ValueError, match=r"phase 1000000 ns must be in 0\.\.999999"):
+        CycleConfig(phase_ns=MS)
+    with pytest.raises(ValueError, match="phase -1 ns"):
+        CycleConfig(phase_ns=-1)
+
+
+def test_misses_are_logged_with_their_deadlines() -> None:
+    def overrun(info: CycleInfo) -> None:
+        if info.tick % 50 == 7:
+            while time.monotonic_ns() < info.deadline_ns + 700_000:
+                pass
+
+    cycle = started(CycleConfig(cpu=CPU, lock_memory=False), overrun)
+    time.sleep(0.4)
+    cycle.stop()
+    logged = cycle.deadlines.recent_misses()
+    assert len(logged) == cycle.deadlines.misses >= 5
+    start = cycle.started_ns
+    # each logged miss is one of the overrunning cycles, named by its own deadline
+    # (a VM stall may add a miss elsewhere; the injected ones must all be there)
+    ticks = {(deadline - start) // MS for deadline, _ in logged}
+    injected = {t for t in ticks if t % 50 == 7}
+    assert len(injected) >= len(logged) - 2 and len(injected) >= 5
+    assert all(r > 700_000 for d, r in logged if (d - start) // MS in injected)
+
+
 def test_hook_fault_stops_the_cycle_and_holds_safe(caplog: pytest.LogCaptureFixture) -> None:
     faults: list[BaseException] = []
 

@@ -112,6 +112,17 @@ def test_deadline_counter_budget_is_inclusive() -> None:
     assert d.misses == 1 and d.worst_ns == 500_001
 
 
+def test_the_miss_log_keeps_the_latest_misses_oldest_first() -> None:
+    d = DeadlineCounter(budget_ns=500_000, log_size=4)
+    for i in range(10):
+        d.observe(400_000 + i * 50_000, deadline_ns=1_000_000 * i)  # misses from i = 3
+    assert d.misses == 7
+    assert d.recent_misses() == [(1_000_000 * i, 400_000 + i * 50_000) for i in range(6, 10)]
+    assert DeadlineCounter(budget_ns=1).recent_misses() == []
+    with pytest.raises(ValueError, match="miss log size"):
+        DeadlineCounter(budget_ns=1, log_size=0)
+
+
 def test_merged_blocks_equal_one_histogram() -> None:
     rng = random.Random(3)
     samples = [rng.randrange(0, 12_000_000) for _ in range(5000)]

@@ -1,6 +1,7 @@
 """Cycle wake-up latency of the Python RT cycle against cyclictest, same CPU, same run.
 
     .venv/bin/python tools/bench/cycle_latency.py [--seconds 60] [--quick] [--cpu 1] [--load]
+        [--paired-seconds 60] [--stall-threshold-us 100]
 
 Runs the mxrc cycle (SCHED_FIFO 80, pinned, mlockall, /dev/cpu_dma_latency held at 0,
 GC frozen and disabled, the default simulated-joint control law in the executive) at
@@ -19,29 +20,45 @@ cyclictest — and ``target_met``. Misses are rare (tens a minute on a VM, from 
 stalls), so two equally good loops differ by about the square root of their counts
 from run to run; ``misses_comparison`` says whether the cycle's count is really higher
 (a one-sided test of two Poisson counts, :func:`benchutil.excess_p_value`), which the
-plain comparison cannot. Exit status 0 when both measurements ran.
+plain comparison cannot.
+
+Then the paired run (``--paired-seconds``, default as long as ``--seconds``; 0 skips
+it) asks the question the counts cannot answer: was each miss the platform's or the
+cycle's own? The cycle runs with ``cyclictest -p 81 -i 250 --secaligned -v -N`` on the
+same CPU at the same time: a probe that outranks the cycle and is released every
+250 µs, between the cycle's releases (the cycle is phase-aligned to it). A late probe
+means nothing in the guest could run; each miss's response, less the stalled time the
+probe saw in it, says whether the stall made it miss (``platform``), whether the cycle
+would have missed anyway (``own``), or, when the probe's grain cannot tell,
+``undecided`` (:mod:`stalls`). ``paired.own_misses_met`` is true when no miss was the
+cycle's own. Exit status 0 when every measurement ran.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchutil import excess_p_value
+from stalls import Attribution, Miss, ProbeSample, Verdict, attribute, cyclictest_samples
 
 from mxrc.rt.control import DEFAULT_CONTROL_LAW, load_control_law
 from mxrc.rt.cpu import read_machine
-from mxrc.rt.cycle import Cycle, CycleConfig
+from mxrc.rt.cycle import Cycle, CycleConfig, CycleHook
 from mxrc.rt.executive import Executive
 from mxrc.rt.stats import PERCENTILES, Histogram, percentile_from_bins
 
@@ -61,7 +78,9 @@ def _round(value: float) -> float:
 class CycleRuns:
     """The mxrc cycle's figures summed over the blocks of a run."""
 
-    def __init__(self, cpu: int, budget_ns: int, hook: str) -> None:
+    def __init__(
+        self, cpu: int, budget_ns: int, hook: str, extra_hooks: Sequence[CycleHook] = ()
+    ) -> None:
         self.config = CycleConfig(
             period_ns=PERIOD_NS,
             cpu=cpu,
@@ -70,6 +89,7 @@ class CycleRuns:
             histogram_limit_ns=HIST_LIMIT_US * 1000,
         )
         self.hook = hook
+        self.extra_hooks = tuple(extra_hooks)  # after the control law (tests inject work)
         self.wake = Histogram(1_000, HIST_LIMIT_US * 1000)
         self.exec = Histogram(1_000, HIST_LIMIT_US * 1000)
         self.misses = 0
@@ -78,7 +98,8 @@ class CycleRuns:
         self.status: dict[str, Any] = {}
         self.faults: list[str] = []
 
-    def run(self, seconds: float) -> None:
+    def run(self, seconds: float, phase_ns: int | None = None) -> Cycle:
+        """One block; returns the cycle, whose miss log the paired run reads."""
         executive = Executive(PERIOD_NS)
         law = None
         if self.hook == "plant":
@@ -89,7 +110,8 @@ class CycleRuns:
             if law is not None:
                 law.hold_safe()
 
-        cycle = Cycle(self.config, hooks=(executive.run,), on_fault=hold_safe)
+        config = dataclasses.replace(self.config, phase_ns=phase_ns)
+        cycle = Cycle(config, hooks=(executive.run, *self.extra_hooks), on_fault=hold_safe)
         cycle.start()
         try:
             time.sleep(seconds)
@@ -104,6 +126,7 @@ class CycleRuns:
             self.faults.append(cycle.fault)
         if law is not None:
             self.tracking_max = max(self.tracking_max, law.status()["max_abs_error_rad"])
+        return cycle
 
     def figures(self) -> dict[str, Any]:
         budget_ns = self.config.budget_ns
@@ -205,6 +228,167 @@ class CyclictestRuns:
         }
 
 
+#: The paired run's probe outranks the cycle, so that a cycle busy with its own work
+#: cannot keep the probe off the CPU: a late probe then means nobody could run.
+PROBE_PRIORITY = PRIORITY + 1
+#: It is released every 250 µs (``--secaligned``: at whole multiples of that), so it
+#: sees any stall longer than 250 µs wherever it falls in the cycle's period.
+PROBE_INTERVAL_NS = 250_000
+#: The cycle releases this much before a probe release, so the probe's releases fall
+#: 125, 375, 625 and 875 µs into the cycle's period: clear of the cycle's own wake-up
+#: and work (≈ 25 + 30 µs), which it would otherwise delay.
+PROBE_OFFSET_NS = 125_000
+_VALUE_LINE = re.compile(r"^\s*0:\s*(\d+):\s*(\d+)\s*$")
+#: How many of the cycle's own and undecided misses the report lists one by one.
+LISTED_MISSES = 20
+
+
+class PairedRun:
+    """The cycle and a cyclictest probe on the same CPU at the same time.
+
+    See :mod:`stalls`: every miss of the cycle is put down to the platform or to the
+    cycle, by the stalls the probe saw during it. cyclictest's ``-v -N`` gives each
+    sample's latency in ns, in order; ``--secaligned`` starts it at a known whole
+    second, from which its deadlines are rebuilt (its own skipping rule replayed).
+    """
+
+    def __init__(
+        self,
+        cpu: int,
+        budget_ns: int,
+        hook: str,
+        stall_threshold_ns: int,
+        extra_hooks: Sequence[CycleHook] = (),
+    ) -> None:
+        self.cpu = cpu
+        self.budget_ns = budget_ns
+        self.stall_threshold_ns = stall_threshold_ns
+        self.cycle_runs = CycleRuns(cpu, budget_ns, hook, extra_hooks)
+        self.command = ""
+        self.attribution: Attribution | None = None  # of the last run, for inspection
+
+    def run(self, seconds: float) -> dict[str, Any]:
+        exe = shutil.which("cyclictest")
+        if exe is None:
+            return {"error": "cyclictest not found; install it: apt-get install rt-tests"}
+        probe_seconds = math.ceil(seconds) + 2
+        command = [
+            exe, "-m", "-p", str(PROBE_PRIORITY), "-a", str(self.cpu), "-t", "1",
+            "-i", str(PROBE_INTERVAL_NS // 1000), "-D", str(probe_seconds),
+            "-v", "-N", "-q", "--secaligned",
+        ]  # fmt: skip
+        self.command = " ".join(["cyclictest", *command[1:]])
+        # Launched early in a second, cyclictest's thread is set up within that second,
+        # and --secaligned then starts it at the next whole one: start_s.
+        while not 0.05e9 <= time.monotonic_ns() % 1_000_000_000 <= 0.5e9:
+            time.sleep(0.01)
+        start_s = time.monotonic_ns() // 1_000_000_000 + 1
+        with tempfile.TemporaryFile("w+") as values:  # -v writes ~30 B a sample: no pipe
+            proc = subprocess.Popen(command, stdout=values, stderr=subprocess.PIPE, text=True)
+            try:
+                time.sleep(max(0.0, (start_s * 1_000_000_000 - time.monotonic_ns()) / 1e9) + 0.1)
+                cycle = self.cycle_runs.run(seconds, phase_ns=PERIOD_NS - PROBE_OFFSET_NS)
+                _, stderr = proc.communicate(timeout=probe_seconds + 30)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+            exited_ns = time.monotonic_ns()
+            values.seek(0)
+            text = values.read()
+        if proc.returncode != 0:
+            return {"error": f"exit {proc.returncode}: {stderr.strip()[-400:]}"}
+        latencies = _probe_latencies(text)
+        if isinstance(latencies, str):
+            return {"error": latencies, "command": self.command}
+        overshoot_s = (exited_ns - (start_s + probe_seconds) * 1_000_000_000) / 1e9
+        if not 0 <= overshoot_s < 0.9:  # cyclictest ends at its start second + -D
+            return {
+                "error": f"cyclictest ended {overshoot_s:.3f} s after its expected end: its "
+                "start second is not the one assumed, so its deadlines cannot be rebuilt",
+                "command": self.command,
+            }
+        first = start_s * 1_000_000_000 + PROBE_INTERVAL_NS
+        probe = cyclictest_samples(latencies, first, PROBE_INTERVAL_NS)
+        return self._report(cycle, probe, seconds)
+
+    def _report(self, cycle: Cycle, probe: list[ProbeSample], seconds: float) -> dict[str, Any]:
+        first = cycle.started_ns
+        end = first + (cycle.cycles + cycle.skipped_periods) * PERIOD_NS
+        inside = [s for s in probe if first <= s.deadline_ns < end]
+        kept = [Miss(d, r) for d, r in cycle.deadlines.recent_misses()]
+        result = attribute(kept, probe, self.budget_ns, self.stall_threshold_ns)
+        self.attribution = result
+        def listed(verdicts: list[Verdict]) -> list[dict[str, float]]:
+            return [
+                {
+                    "at_s": round((v.miss.deadline_ns - first) / 1e9, 6),
+                    "response_us": v.miss.response_ns / 1000,
+                    "own_us_min": v.own_min_ns / 1000,
+                    "own_us_max": v.own_max_ns / 1000,
+                }
+                for v in verdicts[:LISTED_MISSES]
+            ]
+
+        platform_own = [v.own_max_ns for v in result.platform]
+        if not kept:
+            reading = "the cycle missed no deadline: nothing to attribute"
+        elif result.own or result.undecided:
+            reading = (
+                f"of the cycle's {len(kept)} misses, {len(result.own)} were its own (even "
+                "without the longest stalls the probe allows, their response exceeded the "
+                f"budget) and {len(result.undecided)} undecided (the probe's 250 µs grain "
+                "cannot tell)"
+            )
+        else:
+            reading = (
+                f"all {len(kept)} of the cycle's misses were the platform's: without the "
+                "stalls that held the higher-priority probe off the CPU too, each would have "
+                "met the budget"
+            )
+        return {
+            "seconds": seconds,
+            "probe_command": self.command,
+            "probe_priority": PROBE_PRIORITY,
+            "probe_interval_us": PROBE_INTERVAL_NS // 1000,
+            "probe_offset_us": PROBE_OFFSET_NS // 1000,
+            "cycle": self.cycle_runs.figures(),
+            "probe": {
+                "samples": len(inside),
+                "stalls": sum(1 for s in inside if s.latency_ns >= self.stall_threshold_ns),
+                "at_least_budget": sum(1 for s in inside if s.latency_ns >= self.budget_ns),
+                "max_us": max((s.latency_ns for s in inside), default=0) / 1000,
+            },
+            "attribution": {
+                "stall_threshold_us": self.stall_threshold_ns / 1000,
+                "misses": cycle.deadlines.misses,
+                "attributed": len(kept),
+                "platform": len(result.platform),
+                "own": len(result.own),
+                "undecided": len(result.undecided),
+                "platform_misses_own_us_max": max(platform_own) / 1000 if platform_own else None,
+                "own_misses": listed(result.own),
+                "undecided_misses": listed(result.undecided),
+            },
+            "own_misses_met": not result.own and len(kept) == cycle.deadlines.misses,
+            "reading": reading,
+        }
+
+
+def _probe_latencies(text: str) -> list[int] | str:
+    """cyclictest ``-v -N`` values (ns) in sample order, or what is wrong with them."""
+    latencies: list[int] = []
+    for line in text.splitlines():
+        m = _VALUE_LINE.match(line)
+        if m is None:
+            continue
+        index, latency = int(m.group(1)), int(m.group(2))
+        if index != len(latencies):
+            return f"cyclictest -v skipped from sample {len(latencies)} to {index}"
+        latencies.append(latency)
+    return latencies if latencies else "cyclictest -v printed no samples"
+
+
 def start_load(cpu: int) -> subprocess.Popen[bytes] | None:
     others = sorted(set(os.sched_getaffinity(0)) - {cpu})
     if not others:
@@ -217,7 +401,7 @@ def _ratio(a: float, b: float) -> float | None:
     return round(a / b, 3) if b else None
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--seconds", type=float, default=60.0, help="duration of each run")
     parser.add_argument("--quick", action="store_true", help="5 s runs (smoke test)")
@@ -233,8 +417,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--hook", choices=("plant", "none"), default="plant", help="work done each cycle"
     )
+    parser.add_argument(
+        "--paired-seconds",
+        type=float,
+        default=None,
+        help="then run the cycle and a higher-priority cyclictest probe together this long, "
+        "and put each of the cycle's misses down to the platform or to the cycle "
+        "(default: --seconds; 0: skip)",
+    )
+    parser.add_argument(
+        "--stall-threshold-us",
+        type=int,
+        default=100,
+        help="paired run: a probe wake-up at least this late is a stall of the CPU (below "
+        "it, the probe's ordinary wake-up latency)",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
     seconds = 5.0 if args.quick else args.seconds
+    paired_seconds = seconds if args.paired_seconds is None else args.paired_seconds
+    if paired_seconds < 0:
+        parser.error(f"--paired-seconds must be ≥ 0, got {paired_seconds:g}")
+    if args.stall_threshold_us <= 0:
+        parser.error(f"--stall-threshold-us must be > 0, got {args.stall_threshold_us}")
     cpu = args.cpu if args.cpu is not None else max(os.sched_getaffinity(0))
     cycles = int(seconds * 1e9 / PERIOD_NS)
     machine = read_machine()
@@ -255,6 +464,16 @@ def main(argv: list[str] | None = None) -> int:
             theirs.run(cycles // blocks)
             if theirs.error is not None:
                 break
+        if paired_seconds > 0 and theirs.error is None:
+            print(
+                f"cycle_latency: paired: the cycle with a cyclictest probe at priority "
+                f"{PROBE_PRIORITY} on CPU {cpu}, {paired_seconds:g} s",
+                file=sys.stderr,
+            )
+            pair = PairedRun(cpu, args.budget_us * 1000, args.hook, args.stall_threshold_us * 1000)
+            paired: dict[str, Any] | None = pair.run(paired_seconds)
+        else:
+            paired = None
     finally:
         if load is not None:
             load.kill()
@@ -303,6 +522,9 @@ def main(argv: list[str] | None = None) -> int:
         }
     else:
         report["target_met"] = False
+    if paired is not None:
+        report["paired"] = paired
+        ok = ok and "error" not in paired and paired["cycle"]["fault"] is None
     print(json.dumps(report, indent=2, ensure_ascii=False))
     return 0 if ok and cycle["fault"] is None else 1
 
