@@ -191,23 +191,24 @@ def test_a_phase_puts_every_release_at_that_offset_into_the_period() -> None:
 
 
 def test_misses_are_logged_with_their_deadlines() -> None:
+    overran: list[int] = []
+
     def overrun(info: CycleInfo) -> None:
         if info.tick % 50 == 7:
+            overran.append(info.deadline_ns)
             while time.monotonic_ns() < info.deadline_ns + 700_000:
                 pass
 
     cycle = started(CycleConfig(cpu=CPU, lock_memory=False), overrun)
     time.sleep(0.4)
     cycle.stop()
-    logged = cycle.deadlines.recent_misses()
-    assert len(logged) == cycle.deadlines.misses >= 5
-    start = cycle.started_ns
-    # each logged miss is one of the overrunning cycles, named by its own deadline
-    # (a VM stall may add a miss elsewhere; the injected ones must all be there)
-    ticks = {(deadline - start) // MS for deadline, _ in logged}
-    injected = {t for t in ticks if t % 50 == 7}
-    assert len(injected) >= len(logged) - 2 and len(injected) >= 5
-    assert all(r > 700_000 for d, r in logged if (d - start) // MS in injected)
+    logged = dict(cycle.deadlines.recent_misses())
+    assert len(logged) == cycle.deadlines.misses and len(overran) >= 5
+    # every overrun is logged under its own deadline, with its response; anything else
+    # logged (a VM stall) is a real release of the cycle too
+    assert set(overran) <= set(logged), (overran, logged)
+    assert all(logged[d] > 700_000 for d in overran)
+    assert all((d - cycle.started_ns) % MS == 0 for d in logged)
 
 
 def test_hook_fault_stops_the_cycle_and_holds_safe(caplog: pytest.LogCaptureFixture) -> None:

@@ -297,7 +297,8 @@ class PairedRun:
             values.seek(0)
             text = values.read()
         if proc.returncode != 0:
-            return {"error": f"exit {proc.returncode}: {stderr.strip()[-400:]}"}
+            error = f"exit {proc.returncode}: {stderr.strip()[-400:]}"
+            return {"error": error, "command": self.command}
         latencies = _probe_latencies(text)
         if isinstance(latencies, str):
             return {"error": latencies, "command": self.command}
@@ -319,6 +320,7 @@ class PairedRun:
         kept = [Miss(d, r) for d, r in cycle.deadlines.recent_misses()]
         result = attribute(kept, probe, self.budget_ns, self.stall_threshold_ns)
         self.attribution = result
+
         def listed(verdicts: list[Verdict]) -> list[dict[str, float]]:
             return [
                 {
@@ -335,10 +337,10 @@ class PairedRun:
             reading = "the cycle missed no deadline: nothing to attribute"
         elif result.own or result.undecided:
             reading = (
-                f"of the cycle's {len(kept)} misses, {len(result.own)} were its own (even "
-                "without the longest stalls the probe allows, their response exceeded the "
-                f"budget) and {len(result.undecided)} undecided (the probe's 250 µs grain "
-                "cannot tell)"
+                f"of the cycle's {len(kept)} misses, {len(result.own)} were its own as far "
+                "as the probe can tell (even without the longest stalls it allows, their "
+                f"response exceeded the budget) and {len(result.undecided)} undecided (the "
+                "probe's 250 µs grain cannot tell)"
             )
         else:
             reading = (
