@@ -1,7 +1,7 @@
 """Cycle wake-up latency of the Python RT cycle against cyclictest, same CPU, same run.
 
     .venv/bin/python tools/bench/cycle_latency.py [--seconds 60] [--quick] [--cpu 1] [--load]
-        [--paired-seconds 60] [--stall-threshold-us 100]
+        [--paired-seconds 60] [--probe-interval-us 250] [--stall-threshold-us 100]
 
 Runs the mxrc cycle (SCHED_FIFO 80, pinned, mlockall, /dev/cpu_dma_latency held at 0,
 GC frozen and disabled, the default simulated-joint control law in the executive) at
@@ -231,13 +231,18 @@ class CyclictestRuns:
 #: The paired run's probe outranks the cycle, so that a cycle busy with its own work
 #: cannot keep the probe off the CPU: a late probe then means nobody could run.
 PROBE_PRIORITY = PRIORITY + 1
-#: It is released every 250 µs (``--secaligned``: at whole multiples of that), so it
-#: sees any stall longer than 250 µs wherever it falls in the cycle's period.
+#: By default it is released every 250 µs (``--secaligned``: at whole multiples of
+#: that), so it sees any stall longer than 250 µs wherever it falls in the period.
 PROBE_INTERVAL_NS = 250_000
-#: The cycle releases this much before a probe release, so the probe's releases fall
-#: 125, 375, 625 and 875 µs into the cycle's period: clear of the cycle's own wake-up
-#: and work (≈ 25 + 30 µs), which it would otherwise delay.
-PROBE_OFFSET_NS = 125_000
+
+
+def probe_offset_ns(interval_ns: int) -> int:
+    """How long before a probe release the cycle is released: half an interval, so at
+    250 µs the probe's releases fall 125, 375, 625 and 875 µs into the cycle's period,
+    clear of the cycle's own wake-up and work (≈ 25 + 30 µs), which they would delay."""
+    return interval_ns // 2
+
+
 _VALUE_LINE = re.compile(r"^\s*0:\s*(\d+):\s*(\d+)\s*$")
 #: How many of the cycle's own and undecided misses the report lists one by one.
 LISTED_MISSES = 20
@@ -259,10 +264,18 @@ class PairedRun:
         hook: str,
         stall_threshold_ns: int,
         extra_hooks: Sequence[CycleHook] = (),
+        probe_interval_ns: int = PROBE_INTERVAL_NS,
     ) -> None:
+        if probe_interval_ns <= 0 or PERIOD_NS % probe_interval_ns or probe_interval_ns % 2000:
+            raise ValueError(
+                f"the probe's interval ({probe_interval_ns / 1000:g} µs) must be an even "
+                f"number of µs dividing the {PERIOD_NS // 1000} µs period (100, 200, 250, 500)"
+            )
         self.cpu = cpu
         self.budget_ns = budget_ns
         self.stall_threshold_ns = stall_threshold_ns
+        self.interval_ns = probe_interval_ns
+        self.offset_ns = probe_offset_ns(probe_interval_ns)
         self.cycle_runs = CycleRuns(cpu, budget_ns, hook, extra_hooks)
         self.command = ""
         self.attribution: Attribution | None = None  # of the last run, for inspection
@@ -274,7 +287,7 @@ class PairedRun:
         probe_seconds = math.ceil(seconds) + 2
         command = [
             exe, "-m", "-p", str(PROBE_PRIORITY), "-a", str(self.cpu), "-t", "1",
-            "-i", str(PROBE_INTERVAL_NS // 1000), "-D", str(probe_seconds),
+            "-i", str(self.interval_ns // 1000), "-D", str(probe_seconds),
             "-v", "-N", "-q", "--secaligned",
         ]  # fmt: skip
         self.command = " ".join(["cyclictest", *command[1:]])
@@ -287,7 +300,7 @@ class PairedRun:
             proc = subprocess.Popen(command, stdout=values, stderr=subprocess.PIPE, text=True)
             try:
                 time.sleep(max(0.0, (start_s * 1_000_000_000 - time.monotonic_ns()) / 1e9) + 0.1)
-                cycle = self.cycle_runs.run(seconds, phase_ns=PERIOD_NS - PROBE_OFFSET_NS)
+                cycle = self.cycle_runs.run(seconds, phase_ns=PERIOD_NS - self.offset_ns)
                 _, stderr = proc.communicate(timeout=probe_seconds + 30)
             finally:
                 if proc.poll() is None:
@@ -309,8 +322,8 @@ class PairedRun:
                 "start second is not the one assumed, so its deadlines cannot be rebuilt",
                 "command": self.command,
             }
-        first = start_s * 1_000_000_000 + PROBE_INTERVAL_NS
-        probe = cyclictest_samples(latencies, first, PROBE_INTERVAL_NS)
+        first = start_s * 1_000_000_000 + self.interval_ns
+        probe = cyclictest_samples(latencies, first, self.interval_ns)
         return self._report(cycle, probe, seconds)
 
     def _report(self, cycle: Cycle, probe: list[ProbeSample], seconds: float) -> dict[str, Any]:
@@ -352,8 +365,8 @@ class PairedRun:
             "seconds": seconds,
             "probe_command": self.command,
             "probe_priority": PROBE_PRIORITY,
-            "probe_interval_us": PROBE_INTERVAL_NS // 1000,
-            "probe_offset_us": PROBE_OFFSET_NS // 1000,
+            "probe_interval_us": self.interval_ns // 1000,
+            "probe_offset_us": self.offset_ns // 1000,
             "cycle": self.cycle_runs.figures(),
             "probe": {
                 "samples": len(inside),
@@ -403,6 +416,34 @@ def _ratio(a: float, b: float) -> float | None:
     return round(a / b, 3) if b else None
 
 
+def comparison(cycle: dict[str, Any], ct: dict[str, Any]) -> dict[str, Any]:
+    """Ratios, targets and the miss-count test of the alternating runs."""
+    p99_limit = P99_RATIO_MAX * ct["p99_us"]
+    targets = {
+        "p99_us_max": p99_limit,
+        "p99_met": cycle["p99_us"] <= p99_limit,
+        "misses_max": ct["misses"],
+        "misses_met": cycle["misses"] <= ct["misses"],
+    }
+    periods = cycle["samples"] + cycle["skipped_periods"]
+    p_value = excess_p_value(cycle["misses"], periods, ct["misses"], ct["samples"])
+    return {
+        "ratios": {
+            key: _ratio(cycle[key], ct[key]) for key in ("p50_us", "p99_us", "p99.9_us", "max_us")
+        },
+        "targets": targets,
+        "target_met": targets["p99_met"] and targets["misses_met"],
+        "misses_comparison": {
+            "p_value_cycle_more": round(p_value, 4),
+            "reading": (
+                "the cycle misses more often than cyclictest (p < 0.05)"
+                if p_value < 0.05
+                else "the two miss counts do not differ beyond their own noise (p ≥ 0.05)"
+            ),
+        },
+    }
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--seconds", type=float, default=60.0, help="duration of each run")
@@ -428,6 +469,13 @@ def _parser() -> argparse.ArgumentParser:
         "(default: --seconds; 0: skip)",
     )
     parser.add_argument(
+        "--probe-interval-us",
+        type=int,
+        default=PROBE_INTERVAL_NS // 1000,
+        help="paired run: the probe's period; it sees stalls longer than this (a divisor "
+        "of the 1000 µs cycle period; shorter ones interfere more with the cycle)",
+    )
+    parser.add_argument(
         "--stall-threshold-us",
         type=int,
         default=100,
@@ -447,6 +495,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.stall_threshold_us <= 0:
         parser.error(f"--stall-threshold-us must be > 0, got {args.stall_threshold_us}")
     cpu = args.cpu if args.cpu is not None else max(os.sched_getaffinity(0))
+    try:
+        pair = PairedRun(
+            cpu,
+            args.budget_us * 1000,
+            args.hook,
+            args.stall_threshold_us * 1000,
+            probe_interval_ns=args.probe_interval_us * 1000,
+        )
+    except ValueError as exc:
+        parser.error(f"--probe-interval-us: {exc}")
     cycles = int(seconds * 1e9 / PERIOD_NS)
     machine = read_machine()
 
@@ -472,7 +530,6 @@ def main(argv: list[str] | None = None) -> int:
                 f"{PROBE_PRIORITY} on CPU {cpu}, {paired_seconds:g} s",
                 file=sys.stderr,
             )
-            pair = PairedRun(cpu, args.budget_us * 1000, args.hook, args.stall_threshold_us * 1000)
             paired: dict[str, Any] | None = pair.run(paired_seconds)
         else:
             paired = None
@@ -501,27 +558,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     ok = "error" not in ct
     if ok:
-        report["ratios"] = {
-            key: _ratio(cycle[key], ct[key]) for key in ("p50_us", "p99_us", "p99.9_us", "max_us")
-        }
-        p99_limit = P99_RATIO_MAX * ct["p99_us"]
-        report["targets"] = {
-            "p99_us_max": p99_limit,
-            "p99_met": cycle["p99_us"] <= p99_limit,
-            "misses_max": ct["misses"],
-            "misses_met": cycle["misses"] <= ct["misses"],
-        }
-        report["target_met"] = report["targets"]["p99_met"] and report["targets"]["misses_met"]
-        periods = cycle["samples"] + cycle["skipped_periods"]
-        p_value = excess_p_value(cycle["misses"], periods, ct["misses"], ct["samples"])
-        report["misses_comparison"] = {
-            "p_value_cycle_more": round(p_value, 4),
-            "reading": (
-                "the cycle misses more often than cyclictest (p < 0.05)"
-                if p_value < 0.05
-                else "the two miss counts do not differ beyond their own noise (p ≥ 0.05)"
-            ),
-        }
+        report.update(comparison(cycle, ct))
     else:
         report["target_met"] = False
     if paired is not None:
