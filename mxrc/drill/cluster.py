@@ -29,8 +29,9 @@ from typing import Any, Final
 import aiohttp
 import orjson
 
-from mxrc.drill.etcd import EtcdCluster, free_ports
+from mxrc.drill.etcd import EtcdCluster
 from mxrc.drill.network import NamespaceNetwork, Network, ProxyNetwork
+from mxrc.drill.ports import free_ports
 from mxrc.errors import MxrcError
 
 NONRT_START_S: Final = 30.0

@@ -13,30 +13,17 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mxrc.drill.ports import free_ports
 from mxrc.errors import MxrcError
 
 ETCD = shutil.which("etcd")
 ETCDCTL = shutil.which("etcdctl")
 START_TIMEOUT_S = 20.0
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 @dataclass

@@ -25,14 +25,13 @@ from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
 from mxrc.catalog import event_types
 from mxrc.diagram import render
-from mxrc.obs.correlation import accept_request_id, correlated, ids_of
+from mxrc.obs.correlation import TraceIds, accept_request_id, correlated, ids_of
 from mxrc.obs.tracing import span, unrecorded_tracer
 from mxrc.segments import Record
 from mxrc.service.auth import bearer_matches
 from mxrc.service.events import ApiRequest
 from mxrc.service.openapi import (
     RequestError,
-    TraceContext,
     build_document,
     parse_command_body,
     parse_events_query,
@@ -62,7 +61,7 @@ PAGE_POLICY: Final = (
 )
 UNMATCHED_ROUTE: Final = "unmatched"
 
-_TRACE: Final = web.RequestKey("trace", TraceContext)
+_TRACE: Final = web.RequestKey("trace", TraceIds)
 #: The status of a streamed response once its headers went out (it may end by cancellation).
 _SENT: Final = web.RequestKey("sent_status", int)
 #: Reported for a request whose client went away before any response was sent.
@@ -480,11 +479,7 @@ def _observe(
             ) as server,
         ):
             ids = ids_of(server.get_span_context())
-            request[_TRACE] = TraceContext(
-                ids.trace_id if ids else "0" * 32,
-                ids.span_id if ids else "0" * 16,
-                "01" if ids and ids.sampled else "00",
-            )
+            request[_TRACE] = ids or TraceIds("0" * 32, "0" * 16, False)
             try:
                 response = await answer(request, handler, max_body_bytes)
                 status = response.status

@@ -16,7 +16,6 @@ from typing import Any, Final
 import orjson
 
 from mxrc import __version__
-from mxrc.obs import correlation
 from mxrc.resources import data_dir
 
 EVENTS_LIMIT_DEFAULT: Final = 100
@@ -33,35 +32,6 @@ class RequestError(Exception):
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
-
-
-# --- trace context ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TraceContext:
-    """The W3C trace context of one request: the trace, and the request's own span."""
-
-    trace_id: str
-    parent_id: str
-    flags: str
-
-    @property
-    def traceparent(self) -> str:
-        return f"00-{self.trace_id}-{self.parent_id}-{self.flags}"
-
-
-def parse_traceparent(header: str | None) -> TraceContext | None:
-    """The caller's context, or None when the header is absent or invalid (the rules are
-    :func:`mxrc.obs.correlation.parse_traceparent`'s)."""
-    span_context = correlation.parse_traceparent(header)
-    if span_context is None:
-        return None
-    return TraceContext(
-        f"{span_context.trace_id:032x}",
-        f"{span_context.span_id:016x}",
-        f"{int(span_context.trace_flags):02x}",
-    )
 
 
 # --- bodies -------------------------------------------------------------------------------

@@ -6,11 +6,18 @@ their main processes (``/proc/<pid>/numa_maps``: pages on the nodes of the CPUs 
 process may run on are local). A scrape serves the latest snapshot, so a slow systemd
 never stalls Prometheus. Parsing and the metric families are pure; only
 :class:`UnitSampler` runs commands and reads /proc.
+
+When ``systemctl show`` fails the unit families go empty, which a dashboard cannot
+tell from units that were never there; so ``mxrc_monitor_systemctl_up`` says whether
+the last one worked, the failure and the recovery are each logged once (journald under
+systemd), and the watchdog is not pinged while it lasts, so systemd restarts a monitor
+that cannot see the units.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import subprocess
@@ -25,6 +32,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from mxrc.obs.logs import LogPipeline, LogSettings
 from mxrc.rt.cpu import node_of_cpu, read_nodes, read_numa_pages
 from mxrc.service.notify import Notifier
 
@@ -32,6 +40,8 @@ DEFAULT_UNITS: Final = ("mxrc-nonrt.service", "mxrc-rt.service", "mxrc.target")
 UNIT_STATES: Final = ("active", "reloading", "inactive", "failed", "activating", "deactivating")
 PROPERTIES: Final = ("Id", "ActiveState", "NRestarts", "CPUUsageNSec", "MemoryCurrent", "MainPID")
 REFRESH_S: Final = 1.0
+
+log = logging.getLogger("mxrc.monitor")
 
 
 @dataclass(frozen=True)
@@ -139,9 +149,19 @@ class UnitSampler(Collector):
         )  # fmt: skip
         facts = parse_show(result.stdout) if result.returncode == 0 else []
         placement = {f.name: p for f in facts if f.main_pid and (p := self._place(f.main_pid))}
+        error = ""
+        if result.returncode != 0:
+            error = result.stderr.strip() or f"exit status {result.returncode}"
         with self._lock:
-            self.facts, self.placement = facts, placement
-            self.error = "" if result.returncode == 0 else result.stderr.strip()
+            previous = self.error
+            self.facts, self.placement, self.error = facts, placement, error
+        if error and error != previous:
+            log.warning(
+                "`systemctl show` failed, so the unit metrics are absent until it works "
+                "(mxrc_monitor_systemctl_up 0): %s", error,
+            )  # fmt: skip
+        elif previous and not error:
+            log.info("`systemctl show` works again: exporting %d units", len(facts))
 
     def _place(self, pid: int) -> Placement | None:
         pages = read_numa_pages(pid)
@@ -157,8 +177,13 @@ class UnitSampler(Collector):
 
     def collect(self) -> Iterable[Metric]:
         with self._lock:
-            facts, placement = list(self.facts), dict(self.placement)
-        return families(facts, placement)
+            facts, placement, error = list(self.facts), dict(self.placement), self.error
+        up = GaugeMetricFamily(
+            "mxrc_monitor_systemctl_up", "1 when the last `systemctl show` worked, else 0"
+        )
+        up.add_metric([], 0.0 if error else 1.0)
+        yield up
+        yield from families(facts, placement)
 
 
 def add_parser(sub: Any) -> None:
@@ -183,13 +208,20 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    with LogPipeline(LogSettings(), process_name="mxrc-monitor"):
+        return _serve(args)
+
+
+def _serve(args: argparse.Namespace) -> int:
     sampler = UnitSampler([u for u in args.units.split(",") if u])
     registry = CollectorRegistry()
     registry.register(sampler)
     sampler.refresh()
     start_http_server(args.port, addr=args.host, registry=registry)
     notifier = Notifier.from_environment()
-    notifier.ready(f"exporting {len(sampler.units)} units on {args.host}:{args.port}")
+    status = f"exporting {len(sampler.units)} units on {args.host}:{args.port}"
+    log.info("mxrc monitor: %s (%s)", status, ", ".join(sampler.units))
+    notifier.ready(status)
     stop = threading.Event()
 
     def on_signal(_signum: int, _frame: FrameType | None) -> None:
@@ -205,4 +237,5 @@ def run(args: argparse.Namespace) -> int:
             notifier.watchdog()
             last_ping = time.monotonic()
     notifier.stopping("stopping")
+    log.info("mxrc monitor: stopping")
     return 0

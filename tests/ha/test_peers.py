@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from mxrc.drill.ports import free_ports
 from mxrc.errors import MxrcError
 from mxrc.ha.backend import Leadership
 from mxrc.ha.lease import NS_PER_S, LeaseTerms
@@ -35,17 +36,6 @@ HOST = "127.0.0.1"
 
 def now_ns() -> int:
     return time.monotonic_ns()
-
-
-def free_ports(count: int) -> list[int]:
-    socks = [socket.socket() for _ in range(count)]
-    try:
-        for s in socks:
-            s.bind((HOST, 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 async def ask(port: int, kind: Kind, sender: str, term: int, reached: int = 3) -> Reply:
@@ -159,7 +149,7 @@ class Cluster:
 
     def __post_init__(self) -> None:
         self.ids = [f"node-{i}" for i in range(1, self.size + 1)]
-        self.ports = dict(zip(self.ids, free_ports(self.size), strict=True))
+        self.ports = dict(zip(self.ids, free_ports(self.size, HOST), strict=True))
 
     def members(self, me: str) -> tuple[Member, ...]:
         def port(other: str) -> int:

@@ -82,6 +82,7 @@ RULES_MUST_WATCH: Final = frozenset({
     "mxrc_numa_remote_ratio",
     "mxrc_log_dropped_records_total",
     "mxrc_rt_attached",
+    "mxrc_monitor_systemctl_up",
 })  # fmt: skip
 
 #: PromQL's aggregation operators and functions (Prometheus 2.x).

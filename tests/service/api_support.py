@@ -27,6 +27,8 @@ from opentelemetry.trace import Tracer
 
 from mxrc.config import Config, load_config
 from mxrc.ha.backend import HaBackend
+from mxrc.obs import correlation
+from mxrc.obs.correlation import TraceIds
 from mxrc.service.api import build_app
 from mxrc.service.auth import load_or_create_token
 from mxrc.service.controller import Controller
@@ -35,6 +37,12 @@ from tests.configs import merged, toml_text
 
 ROOT = Path(__file__).resolve().parents[2]
 MAX_BODY = 1024
+
+
+def parse_traceparent(header: str | None) -> TraceIds | None:
+    """What the API makes of a ``traceparent``: the remote parent its span goes under."""
+    context = correlation.parse_traceparent(header)
+    return None if context is None else correlation.ids_of(context)
 
 
 def write_config(

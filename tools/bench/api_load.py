@@ -26,7 +26,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,6 +37,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchutil import emit, progress
+
+from mxrc.drill.ports import free_ports
 
 HEALTH_RATIO_MIN = 0.7
 P99_CHANGE_MAX = 0.10
@@ -51,13 +52,6 @@ app = web.Application()
 app.router.add_get("/health", health)
 web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def wait_http(url: str, timeout: float = 60.0) -> None:
@@ -199,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="mxrc-api-bench-") as tmp:
         work = Path(tmp)
         progress("part 1: /health vs a bare aiohttp handler")
-        port = free_port()
+        (port,) = free_ports(1)
         # The bare server gets the CPUs mxrc nonrt places itself on (every CPU but the RT
         # one), so that both serve from the same CPUs as wrk's neighbour.
         nonrt_cpus = ",".join(str(c) for c in cpus if c != rt_cpu) or str(rt_cpu)

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchutil import emit, progress
 
 from mxrc.config import load_config
-from mxrc.drill.etcd import free_ports
+from mxrc.drill.ports import free_ports
 from mxrc.systemd.sandbox import NamespacedSystemd, available, relax_for_code_location
 from mxrc.systemd.units import host_placement, load_templates, render, unit_values
 

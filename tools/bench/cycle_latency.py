@@ -353,7 +353,7 @@ class PairedRun:
                 f"of the cycle's {len(kept)} misses, {len(result.own)} were its own as far "
                 "as the probe can tell (even without the longest stalls it allows, their "
                 f"response exceeded the budget) and {len(result.undecided)} undecided (the "
-                "probe's 250 µs grain cannot tell)"
+                f"probe's {self.interval_ns // 1000} µs grain cannot tell)"
             )
         else:
             reading = (
