@@ -12,6 +12,7 @@ choice is never made silently.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shlex
 import shutil
@@ -26,6 +27,11 @@ from hatchling.builders.hooks.plugin.interface import BuildHookInterface
 SOURCE = Path("mxrc", "rt", "_ring_native.c")
 MODULE_DIR = "mxrc/rt"
 PURE_PYTHON_VARIABLE = "MXRC_PURE_PYTHON"
+
+
+def source_sha256(source: Path) -> str:
+    """The fingerprint compiled into the module (``_ring_native.SOURCE_SHA256``)."""
+    return hashlib.sha256(source.read_bytes()).hexdigest()
 
 
 def compile_module(source: Path, target: Path, *, strict: bool = False) -> None:
@@ -43,6 +49,7 @@ def compile_module(source: Path, target: Path, *, strict: bool = False) -> None:
         "-Wall",
         "-Wextra",
         *(["-Werror"] if strict else []),
+        f'-DMXRC_SOURCE_SHA256="{source_sha256(source)}"',
         "-I",
         include,
         str(source),

@@ -88,4 +88,36 @@ def test_the_ring_module_compiles_without_a_warning(tmp_path: Path) -> None:
         sys.path.remove(str(ROOT))
     target = tmp_path / "_ring_native.so"
     hatch_build.compile_module(ROOT / hatch_build.SOURCE, target, strict=True)
-    assert target.stat().st_size > 0
+    # the module carries the fingerprint of the source it was built from
+    probe = (
+        "import importlib.util, sys; "
+        f"spec = importlib.util.spec_from_file_location('_ring_native', {str(target)!r}); "
+        "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); "
+        "print(m.SOURCE_SHA256)"
+    )
+    built_from = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert built_from == hatch_build.source_sha256(ROOT / hatch_build.SOURCE)
+
+
+def test_the_module_in_use_was_built_from_the_source_beside_it() -> None:
+    """What ``tools/setup`` built is what the tests exercise (after an edit of the C file,
+    this fails until it is rebuilt, and the ring falls back to Python meanwhile)."""
+    from mxrc.rt import ring
+
+    assert ring.NATIVE_MISSING is None, ring.NATIVE_MISSING
+    assert ring.implementation() == "native"
+
+
+def test_a_module_built_from_another_source_is_not_used(tmp_path: Path) -> None:
+    from mxrc.rt import _ring_native, ring
+
+    source = tmp_path / "_ring_native.c"
+    source.write_bytes(ring.NATIVE_SOURCE.read_bytes())
+    assert ring.stale_native(_ring_native.SOURCE_SHA256, source) is None
+    source.write_bytes(source.read_bytes() + b"/* edited */\n")
+    reason = ring.stale_native(_ring_native.SOURCE_SHA256, source)
+    assert reason is not None and "_ring_native.c" in reason and "tools/setup" in reason
+    assert ring.stale_native("unknown", source) is not None  # built by hand, unmarked
+    assert ring.stale_native(_ring_native.SOURCE_SHA256, tmp_path / "absent.c") is None

@@ -27,6 +27,11 @@
 #define TRACE_ID_SIZE 16
 #define SPAN_ID_SIZE 8
 #define MAX_PAYLOAD 4096 /* RingLayout's bound */
+/* The SHA-256 of this file as it was compiled (hatch_build.py passes it), so that a
+   source tree can tell a module built from an older version of it. */
+#ifndef MXRC_SOURCE_SHA256
+#define MXRC_SOURCE_SHA256 "unknown"
+#endif
 #define RECORD_FIELDS 8  /* Record: seq rtype trace_flags cycle t_ns trace_id span_id payload */
 
 /* The writer and reader address the region through a memoryview the Python side owns
@@ -394,6 +399,10 @@ PyInit__ring_native(void)
     Py_INCREF(&WriterType);
     if (PyModule_AddObject(module, "Writer", (PyObject *)&WriterType) < 0) {
         Py_DECREF(&WriterType);
+        Py_DECREF(module);
+        return NULL;
+    }
+    if (PyModule_AddStringConstant(module, "SOURCE_SHA256", MXRC_SOURCE_SHA256) < 0) {
         Py_DECREF(module);
         return NULL;
     }

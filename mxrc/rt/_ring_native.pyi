@@ -2,6 +2,9 @@
 
 from typing import Any
 
+#: SHA-256 of the ``_ring_native.c`` it was compiled from ("unknown" if built by hand).
+SOURCE_SHA256: str
+
 class Writer:
     flags: int
     @property

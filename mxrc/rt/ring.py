@@ -94,6 +94,24 @@ SPAN_ID_SIZE: Final = 8
 _ZERO_TRACE_ID: Final = bytes(TRACE_ID_SIZE)
 _ZERO_SPAN_ID: Final = bytes(SPAN_ID_SIZE)
 
+NATIVE_SOURCE: Final = Path(__file__).with_name("_ring_native.c")
+
+
+def stale_native(built_from: str, source: Path = NATIVE_SOURCE) -> str | None:
+    """Why a C module built from ``built_from`` (its source's SHA-256) must not be used
+    with the ``source`` beside it, or None. After an edit of the C file a source tree
+    still holds the module built before it, which may speak an older slot protocol: the
+    Python ring, which is always the current one, is used until it is rebuilt."""
+    try:
+        current = hashlib.sha256(source.read_bytes()).hexdigest()
+    except FileNotFoundError:  # an install without the source: nothing to compare
+        return None
+    if built_from == current:
+        return None
+    return (f"the C module was built from another version of {source.name} than the one "
+            "beside it; rebuild it with tools/setup (or pip install -e .)")
+
+
 _NativeWriter: type[_ring_native.Writer] | None = None
 _native_read_run: Callable[..., tuple[int, int, int]] | None = None
 try:
@@ -101,8 +119,9 @@ try:
 except ImportError as exc:  # installed with MXRC_PURE_PYTHON=1, or a source tree not built
     NATIVE_MISSING: str | None = str(exc)
 else:
-    _NativeWriter, _native_read_run = _ring_native.Writer, _ring_native.read_run
-    NATIVE_MISSING = None
+    NATIVE_MISSING = stale_native(_ring_native.SOURCE_SHA256)
+    if NATIVE_MISSING is None:
+        _NativeWriter, _native_read_run = _ring_native.Writer, _ring_native.read_run
 
 
 def implementation() -> str:
