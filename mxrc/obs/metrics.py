@@ -57,6 +57,7 @@ from mxrc.service.events import (
     BusEvent,
     CycleHistogram,
     CycleStatus,
+    HealthChanged,
     Journaled,
     LeaseChanged,
     RingDrops,
@@ -65,6 +66,7 @@ from mxrc.service.events import (
     RtStarted,
     RtStopped,
 )
+from mxrc.service.health import CHECK_NAMES, Status
 
 #: fsync of an append batch: from a fast NVMe (~100 µs) to a disk in trouble (seconds).
 FSYNC_BUCKETS_S: Final = (
@@ -215,6 +217,15 @@ class NonrtMetrics:
             buckets=API_BUCKETS_S,
             registry=reg,
         )
+        self.health_changes = Counter(
+            "mxrc_health_check_changes",
+            "Changes of a /health check's status, by check and the status it changed to",
+            ["check", "status"],
+            registry=reg,
+        )
+        for check in CHECK_NAMES:  # present from the start, so increase() sees the first
+            for status in Status:
+                self.health_changes.labels(check, str(status))
         self._api_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         reg.register(_LiveCollector(self))
         if process_metrics:
@@ -232,6 +243,7 @@ class NonrtMetrics:
             RingDrops: self._ring_drops,
             Journaled: self._journaled,
             LeaseChanged: self._lease_changed,
+            HealthChanged: self._health_changed,
             ApiRequest: self._api_request,
         }
 
@@ -328,6 +340,9 @@ class NonrtMetrics:
         self._quorum = event.quorum
         self._token = event.token
         self._deadline_ns = event.deadline_ns
+
+    def _health_changed(self, event: HealthChanged) -> None:
+        self.health_changes.labels(event.check, event.status).inc()
 
     def _api_request(self, event: ApiRequest) -> None:
         # The labelled children are looked up once per (method, route, status): under a

@@ -28,6 +28,7 @@ import contextvars
 import functools
 import logging
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -62,6 +63,7 @@ from mxrc.service.bus import EventBus
 from mxrc.service.events import (
     BusEvent,
     CycleStatus,
+    HealthChanged,
     Journaled,
     LeaseChanged,
     RtFault,
@@ -69,7 +71,14 @@ from mxrc.service.events import (
     RtStarted,
     RtStopped,
 )
-from mxrc.service.health import HealthInputs, HealthReport, Status, Thresholds, evaluate
+from mxrc.service.health import (
+    HealthInputs,
+    HealthReport,
+    HealthWatch,
+    Status,
+    Thresholds,
+    evaluate,
+)
 from mxrc.service.health import readiness as health_readiness
 from mxrc.service.logbook import Logbook
 from mxrc.service.ports import OPERATOR_COMMANDS, BadInput, NotPermitted, Readiness
@@ -223,6 +232,8 @@ class Controller:
         self._subscribers: set[asyncio.Queue[Record | None]] = set()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mxrc-state")
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._health_watch = HealthWatch()
+        self._health_watch_lock = threading.Lock()  # the API, the watchdog and guards
         self._tasks: list[asyncio.Task[None]] = []
         self._last_journaled_cycle = -1
 
@@ -737,7 +748,7 @@ class Controller:
         log_problem = self.node.log_problem
         feed = self.feed
         last = feed.last_record_ns if feed is not None and feed.records else None
-        return evaluate(
+        report = evaluate(
             HealthInputs(
                 now_ns=now,
                 cycle_samples=tuple(self.cycle_samples),
@@ -755,6 +766,15 @@ class Controller:
             ),
             self.thresholds,
         )
+        # Under the lock, so that two threads' changes of one check reach the bus in
+        # the order they were seen (the state thread asks too: a guard needs health).
+        with self._health_watch_lock:
+            for c in self._health_watch.observe(report):
+                if self._loop is not None:
+                    previous = "" if c.previous is None else str(c.previous)
+                    event = HealthChanged(now, c.check, previous, str(c.status), c.detail)
+                    self.bus.publish_threadsafe(event)
+        return report
 
     def readiness(self) -> Readiness:
         ready, reason = health_readiness(self.health(), self.node.state)

@@ -134,6 +134,18 @@ class LeaseChanged:
 
 
 @dataclass(frozen=True, slots=True)
+class HealthChanged:
+    """A health check's status changed between two evaluations (``previous`` is empty
+    for a check that was not healthy at the first one)."""
+
+    mono_ns: int
+    check: str
+    previous: str
+    status: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
 class ApiRequest:
     method: str
     route: str  # the route pattern, e.g. /v1/commands/{trigger}
@@ -152,6 +164,7 @@ BusEvent = (
     | RingDrops
     | Journaled
     | LeaseChanged
+    | HealthChanged
     | ApiRequest
 )
 

@@ -30,6 +30,9 @@ class Status(StrEnum):
 
 _RANK: Final = {Status.HEALTHY: 0, Status.DEGRADED: 1, Status.UNHEALTHY: 2}
 
+#: The checks :func:`evaluate` makes, in the order it makes them.
+CHECK_NAMES: Final = ("rt_deadline", "event_bus", "shared_memory", "lease", "event_log")
+
 #: Chart states in which the node is ready to take commands that move the joint.
 READY_STATES: Final = ("READY", "RUNNING")
 
@@ -243,6 +246,36 @@ def evaluate(inputs: HealthInputs, t: Thresholds) -> HealthReport:
 #: ring are not cured by restarting nonrt, and a watchdog restart loop would only take
 #: the admin API away from the operator who needs it to see why.
 WATCHDOG_CHECKS: frozenset[str] = frozenset({"event_log", "event_bus"})
+
+
+@dataclass(frozen=True)
+class HealthChange:
+    check: str
+    previous: Status | None  # None: the first evaluation
+    status: Status
+    detail: str
+
+
+class HealthWatch:
+    """Each check's status at the last evaluation, so that a change is told once.
+
+    ``/health`` answers from a cache and says nothing about what happened between two
+    requests; the changes are what an operator (the log) and an alert (a counter) need
+    to learn which check turned a node unhealthy and when. A check healthy from the
+    first evaluation on has nothing to tell.
+    """
+
+    def __init__(self) -> None:
+        self._last: dict[str, Status] = {}
+
+    def observe(self, report: HealthReport) -> list[HealthChange]:
+        changes = []
+        for name, check in report.checks.items():
+            before = self._last.get(name)
+            if check.status != (Status.HEALTHY if before is None else before):
+                changes.append(HealthChange(name, before, check.status, check.detail))
+            self._last[name] = check.status
+        return changes
 
 
 def watchdog_ok(report: HealthReport) -> bool:

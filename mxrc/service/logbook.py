@@ -12,8 +12,9 @@ id of the command behind it (a fault the cycle reports after a stop command carr
 the stop's trace id, which is how the two are joined afterwards).
 
 Levels follow what needs a person: a rejected command, a lost RT process, ring drops
-and faults are warnings or errors (``journalctl -p warning``); transitions, lease
-changes and the cycle applying a mode are info.
+and faults are warnings or errors (``journalctl -p warning``), and so is a health check
+turning unhealthy (``/health`` answers 503 from then on); transitions, lease changes,
+other health changes and the cycle applying a mode are info.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from mxrc.obs.logs import set_process_fields
 from mxrc.rt.controlblock import Mode
 from mxrc.service.events import (
     BusEvent,
+    HealthChanged,
     Journaled,
     LeaseChanged,
     RingDrops,
@@ -97,6 +99,12 @@ class Logbook:
             log.warning(
                 "ring: %d record(s) overwritten before nonrt read them (%d in all): nonrt "
                 "is falling behind the cycle", event.new, event.total,
+            )
+        elif isinstance(event, HealthChanged):
+            log.log(
+                logging.WARNING if event.status == "unhealthy" else logging.INFO,
+                "health: %s %s → %s: %s", event.check, event.previous or "(first check)",
+                event.status, event.detail,
             )
         elif isinstance(event, LeaseChanged):
             set_process_fields(lease_token=event.token or None)

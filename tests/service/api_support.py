@@ -103,6 +103,7 @@ class Served:
     config: Config
     token: str
     requests: list[ApiRequest] = field(default_factory=list)
+    rt: RtChild | None = None  # the RT process, when served with_rt
 
     @property
     def url(self) -> str:
@@ -176,7 +177,7 @@ async def serve(
         async with TestClient(TestServer(app, host="127.0.0.1")) as client:
             if with_rt:
                 rt.start()
-            yield Served(app, client, controller, config, token, seen)
+            yield Served(app, client, controller, config, token, seen, rt if with_rt else None)
     finally:
         rt.kill()
         await controller.stop("test end")

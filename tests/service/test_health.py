@@ -8,9 +8,12 @@ import pytest
 
 from mxrc.config import build_config
 from mxrc.service.health import (
+    CHECK_NAMES,
     Check,
+    HealthChange,
     HealthInputs,
     HealthReport,
+    HealthWatch,
     Status,
     Thresholds,
     evaluate,
@@ -281,3 +284,30 @@ def test_the_watchdog_is_fed_unless_a_restart_would_cure_something() -> None:
     assert watchdog_ok(evaluate(no_lease, T))
     failed_log = replace(GOOD, log_writable=False, log_problem="fsync failed: EIO")
     assert not watchdog_ok(evaluate(failed_log, T))  # only a restart reopens the log
+
+
+def test_the_checks_evaluate_makes_are_the_named_ones() -> None:
+    assert tuple(evaluate(GOOD, T).checks) == CHECK_NAMES
+
+
+def test_a_watch_tells_each_change_of_a_check_once() -> None:
+    watch = HealthWatch()
+    assert watch.observe(evaluate(GOOD, T)) == []  # healthy from the start: nothing to tell
+    broken = replace(GOOD, log_writable=False, log_problem="EIO on fsync")
+    (change,) = watch.observe(evaluate(broken, T))
+    assert change == HealthChange(
+        "event_log", Status.HEALTHY, Status.UNHEALTHY, change.detail
+    ) and "EIO on fsync" in change.detail
+    assert watch.observe(evaluate(broken, T)) == []  # still unhealthy: told already
+    (back,) = watch.observe(evaluate(GOOD, T))
+    assert (back.check, back.previous, back.status) == (
+        "event_log", Status.UNHEALTHY, Status.HEALTHY
+    )
+
+
+def test_a_check_not_healthy_at_the_first_evaluation_is_told_with_no_previous() -> None:
+    follower = replace(GOOD, leader=False, lease_remaining_s=None)
+    changes = HealthWatch().observe(evaluate(follower, T))
+    assert [(c.check, c.previous, c.status) for c in changes] == [
+        ("lease", None, Status.DEGRADED)
+    ]
