@@ -401,9 +401,10 @@ def test_a_cut_off_leader_stops_leading_and_does_not_depose_its_successor(
         assert not any(r.lead.quorum for r in alone_reports)
         assert cluster.backends["node-3"].state is not None
         assert cluster.backends["node-3"].state.term == token  # it never stood alone
-        # A black-holed peer costs one request timeout per round, not more.
+        # Two black-holed peers cost one request timeout per round, not one each: asked
+        # one after the other, a round would take two (0.30 s; it takes about 0.152).
         slowest = max(r.returned_ns - r.called_ns for r in alone_reports)
-        assert TIMEOUT_S * NS_PER_S <= slowest < (TIMEOUT_S + 0.2) * NS_PER_S
+        assert TIMEOUT_S * NS_PER_S <= slowest < 2 * TIMEOUT_S * NS_PER_S
 
         for link in cluster.links.values():
             await link.heal()
