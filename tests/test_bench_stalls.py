@@ -137,3 +137,18 @@ def test_a_stall_and_an_overrun_together_are_the_cycle_s_when_the_overrun_alone_
     samples = probe(T0, 40, {6: 300_000})
     result = attribute([Miss(cycle_deadline, 1_100_000)], samples, BUDGET, THRESHOLD)
     assert result.own == [Verdict(Miss(cycle_deadline, 1_100_000), 570_000, 800_000)]
+
+
+@pytest.mark.parametrize("interval_us", [0, 300, 333, 125])
+def test_a_probe_interval_that_does_not_fit_the_period_is_refused_by_name(
+    interval_us: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import cycle_latency
+
+    with pytest.raises(SystemExit) as exited:
+        cycle_latency.main(["--probe-interval-us", str(interval_us)])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "--probe-interval-us" in err and f"({interval_us:g} µs)" in err
+    pair = cycle_latency.PairedRun(0, 500_000, "none", 100_000, probe_interval_ns=100_000)
+    assert (pair.interval_ns, pair.offset_ns) == (100_000, 50_000)

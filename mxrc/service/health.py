@@ -231,13 +231,14 @@ def _event_log(i: HealthInputs) -> Check:
 
 def evaluate(inputs: HealthInputs, t: Thresholds) -> HealthReport:
     """Every check, and the worst of them as the overall status."""
-    checks = {
-        "rt_deadline": _rt_deadline(inputs, t),
-        "event_bus": _event_bus(inputs, t),
-        "shared_memory": _shared_memory(inputs, t),
-        "lease": _lease(inputs),
-        "event_log": _event_log(inputs),
-    }
+    verdicts = (
+        _rt_deadline(inputs, t),
+        _event_bus(inputs, t),
+        _shared_memory(inputs, t),
+        _lease(inputs),
+        _event_log(inputs),
+    )
+    checks = dict(zip(CHECK_NAMES, verdicts, strict=True))
     return HealthReport(worst(c.status for c in checks.values()), MappingProxyType(checks))
 
 

@@ -269,7 +269,7 @@ class PairedRun:
         if probe_interval_ns <= 0 or PERIOD_NS % probe_interval_ns or probe_interval_ns % 2000:
             raise ValueError(
                 f"the probe's interval ({probe_interval_ns / 1000:g} µs) must be an even "
-                f"number of µs dividing the {PERIOD_NS // 1000} µs period (100, 200, 250, 500)"
+                f"number of µs dividing the {PERIOD_NS // 1000} µs period (e.g. 100, 200, 250, 500)"
             )
         self.cpu = cpu
         self.budget_ns = budget_ns
