@@ -114,7 +114,7 @@ SCHEMA: Mapping[str, Mapping[str, Key]] = {
         "budget_us": Key(
             int,
             500,
-            "a cycle whose work ends later than this after its deadline is a miss",
+            "a cycle whose work ends later than this after its deadline is a miss (≤ the period)",
             _at_least(1),
         ),
         "lock_memory": Key(bool, True, "mlockall so the cycle never takes a page fault"),
@@ -448,8 +448,21 @@ def build_config(doc: Mapping[str, Any], source: str = "defaults") -> Config:
             for name, spec in keys.items()
         }
     values["datastore"] = _datastore(source, doc.get("datastore", {}))
+    _check_budget(source, values["rt"]["budget_us"], values["cycle"]["period_ms"])
     _check_ha(source, values["ha"], values["node"]["id"])
     return Config(values, source)
+
+
+def _check_budget(source: str, budget_us: int, period_ms: float) -> None:
+    """Work ending past the next release has already cost a period (the cycle skips
+    it), so a budget beyond the period would hide exactly the overruns it is for."""
+    period_us = period_ms * 1000
+    if budget_us > period_us:
+        raise ConfigError(
+            f"{source}: rt.budget_us: {budget_us} exceeds the cycle period "
+            f"(cycle.period_ms = {period_ms}, {period_us:g} µs); set it to at most "
+            f"{int(period_us)}, or lengthen the period"
+        )
 
 
 def _check_ha(source: str, ha: Mapping[str, Any], node_id: str) -> None:

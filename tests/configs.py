@@ -17,7 +17,7 @@ from typing import Any
 Sections = Mapping[str, Mapping[str, Any]]
 
 TOLERANT_TIMING: Sections = {
-    "rt": {"budget_us": 20_000},
+    "rt": {"budget_us": 1_000},  # the whole (default) period: only an overrun is a miss
     "health": {"miss_rate_unhealthy": 1.0},
     "nonrt": {"fault_misses": 1_000_000},
 }

@@ -38,11 +38,21 @@ def test_file_and_overrides_merge(tmp_path: Path) -> None:
         ({"node": 3}, "node must be a table"),
         ({"nonrt": {"cpus": "0-x"}}, "nonrt.cpus: '0-x' is not a CPU list"),
         ({"nonrt": {"cpus": "3-1"}}, "nonrt.cpus: '3-1' is not a CPU list .*bad CPU range"),
+        (
+            {"cycle": {"period_ms": 0.25}},  # the default budget, 500 µs, is two periods
+            r"rt.budget_us: 500 exceeds the cycle period \(cycle.period_ms = 0.25, 250 µs\); "
+            "set it to at most 250",
+        ),
     ],
 )
 def test_errors_name_the_key(doc: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         build_config(doc, "mxrc.toml")
+
+
+def test_a_budget_of_one_whole_period_is_allowed() -> None:
+    config = build_config({"cycle": {"period_ms": 0.25}, "rt": {"budget_us": 250}})
+    assert config["rt.budget_us"] == 250
 
 
 def test_missing_and_broken_files(tmp_path: Path) -> None:

@@ -249,7 +249,11 @@ class Controller:
             lambda s: (s.control.segment.buf, s.ring.segment.buf, s.store.segment.buf),
         )
         self.segments = segments
-        self.notice(f"mxrc nonrt: shared memory: {placed.text}")
+        placement = f"mxrc nonrt: shared memory: {placed.text}"
+        if placed.degradation is None:
+            log.info("%s", placement)
+        else:  # the kernel refused the NUMA binding: the node runs, degraded
+            self.notice(placement)
         self.block = self.segments.control.writer()
         self.block.write(Mode.INIT, 0, 0)
         self.store = self.segments.store.store(Side.NONRT)

@@ -439,6 +439,7 @@ class Output:
 
     def __init__(self, proc: subprocess.Popen[str]) -> None:
         self.lines: list[str] = []
+        self.raw: list[str] = []
         assert proc.stdout is not None and proc.stderr is not None
         self._threads = [
             threading.Thread(target=self._read, args=(stream,), daemon=True)
@@ -449,7 +450,8 @@ class Output:
 
     def _read(self, stream: IO[str]) -> None:
         for line in stream:
-            self.lines.append(message(line.rstrip("\n")))
+            self.raw.append(line.rstrip("\n"))
+            self.lines.append(message(self.raw[-1]))
 
     def wait_for(self, text: str, proc: subprocess.Popen[str], timeout: float = 30.0) -> str:
         deadline = time.monotonic() + timeout
@@ -528,6 +530,9 @@ port = 0
         shared,
     ), shared
     assert f"numa: memory {BOUND} " in start, start
+    # Placed as asked is news, not a warning (the controller warns when the kernel refuses).
+    placement = [line for line in nonrt_out.raw if "mxrc nonrt: shared memory:" in line]
+    assert [json.loads(line)["log.level"] for line in placement] == ["info"], placement
     for maps in (nonrt_maps, rt_maps):
         lines = segment_lines(maps, shm_dir)
         assert sorted(lines) == sorted(sizes), (lines, sizes)
