@@ -16,13 +16,16 @@ import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools" / "bench"))
 
 from cycle_latency import PairedRun
+from tracefs import CpuTrace
 
 from mxrc.rt.cycle import CycleInfo
 
@@ -57,8 +60,18 @@ STALLER = textwrap.dedent(
 )
 
 
-@pytest.mark.slow
-def test_the_paired_run_tells_the_cycle_s_own_misses_from_the_platform_s() -> None:
+@dataclass
+class Made:
+    """A paired run with misses made on purpose, and which ones they were."""
+
+    pair: PairedRun
+    report: dict[str, Any]
+    injected_own: set[int]
+    stalled: set[int]
+    staller_pid: int
+
+
+def paired_with_made_misses(*, trace: bool = False) -> Made:
     if shutil.which("cyclictest") is None:
         pytest.skip("cyclictest not installed (apt-get install rt-tests)")
     staller = subprocess.Popen(
@@ -68,7 +81,9 @@ def test_the_paired_run_tells_the_cycle_s_own_misses_from_the_platform_s() -> No
         assert staller.stdout is not None
         if staller.stdout.readline().strip() != "ready":
             pytest.skip("needs SCHED_FIFO: " + staller.communicate(timeout=10)[1].strip())
-        pair = PairedRun(CPU, 500_000, "plant", 100_000, extra_hooks=(overrun_once_a_second,))
+        pair = PairedRun(
+            CPU, 500_000, "plant", 100_000, extra_hooks=(overrun_once_a_second,), trace=trace
+        )
         report = pair.run(SECONDS)
     finally:
         staller.kill()
@@ -78,13 +93,23 @@ def test_the_paired_run_tells_the_cycle_s_own_misses_from_the_platform_s() -> No
     assert result is not None
     if report["cycle"]["degraded"]:
         pytest.skip(f"the cycle ran degraded: {report['cycle']['degraded']}")
-
     own = {v.miss.deadline_ns for v in result.own}
     platform = {v.miss.deadline_ns for v in result.platform}
     missed = own | platform | {v.miss.deadline_ns for v in result.undecided}
     injected_own = {d for d in missed if d % S == OWN_DEADLINE_IN_SECOND}
     stalled = {d for d in missed if STALL_IN_SECOND <= d % S < STALL_IN_SECOND + STALL_NS}
     assert len(injected_own) >= 4 and len(stalled) >= 4, report["attribution"]
+    return Made(pair, report, injected_own, stalled, staller.pid)
+
+
+@pytest.mark.slow
+def test_the_paired_run_tells_the_cycle_s_own_misses_from_the_platform_s() -> None:
+    made = paired_with_made_misses()
+    report, result = made.report, made.pair.attribution
+    assert result is not None
+    own = {v.miss.deadline_ns for v in result.own}
+    platform = {v.miss.deadline_ns for v in result.platform}
+    injected_own, stalled = made.injected_own, made.stalled
     assert injected_own <= own, "an overrun of the cycle's own was blamed on the platform"
     assert stalled <= platform, "a stall of the whole CPU was blamed on the cycle"
     assert report["own_misses_met"] is False and report["attribution"]["own"] >= 4
@@ -94,3 +119,31 @@ def test_the_paired_run_tells_the_cycle_s_own_misses_from_the_platform_s() -> No
     for item in report["attribution"]["own_misses"]:
         if round(item["response_us"]) in range(800, 1100):  # the injected overruns
             assert item["own_us_min"] > 500, item
+
+
+@pytest.mark.slow
+def test_the_cpu_trace_names_what_ran_in_each_made_miss() -> None:
+    """The stalls are a task of the guest, which the trace names; the overruns are the
+    cycle's own CPU time, which no wait of the probe explains away."""
+    if (reason := CpuTrace(CPU, 1).unavailable()) is not None:
+        pytest.skip(reason)
+    made = paired_with_made_misses(trace=True)
+    timeline, tid = made.pair.timeline, made.report["guest"]["cycle_tid"]
+    result = made.pair.attribution
+    assert timeline is not None and result is not None
+    assert made.report["guest"]["lost_events"] == 0
+    ends = {v.miss.deadline_ns: v.miss.end_ns for v in result.platform}
+    for deadline in made.stalled:
+        act = timeline.activity(deadline, ends[deadline], tid)
+        staller = [us for k, us in act.others_us.items() if k.endswith(f"-{made.staller_pid}")]
+        assert staller and staller[0] > 500, act.as_dict()  # the guest's own task held it
+    own_ends = {v.miss.deadline_ns: v.miss.end_ns for v in result.own}
+    for deadline in made.injected_own:
+        act = timeline.activity(deadline, own_ends[deadline], tid)
+        assert act.cycle_us > 700 and not act.cycle_syscalls, act.as_dict()  # busy, in user
+    by_verdict = made.report["guest"]["by_verdict"]
+    assert by_verdict["platform"]["foreign_free"] <= by_verdict["platform"]["misses"] - len(
+        made.stalled
+    ), "a stall by a task of the guest was taken for nothing of the guest"
+    unexplained = by_verdict["own"]["traced"] - by_verdict["own"]["host_explained"]
+    assert unexplained >= len(made.injected_own), "an overrun was explained away by the host"

@@ -31,30 +31,45 @@ means nothing in the guest could run; each miss's response, less the stalled tim
 probe saw in it, says whether the stall made it miss (``platform``), whether the cycle
 would have missed anyway (``own``), or, when the probe's grain cannot tell,
 ``undecided`` (:mod:`stalls`). ``paired.own_misses_met`` is true when no miss was the
-cycle's own. Exit status 0 when every measurement ran.
+cycle's own. With ``--trace`` the paired run also records the CPU's scheduler and
+interrupt events (ftrace, :mod:`tracefs`) and says, for each miss, what else of the
+guest ran in it (:mod:`guesttrace`): ``paired.guest``. Exit status 0 when every
+measurement ran.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchutil import excess_p_value
-from stalls import Attribution, Miss, ProbeSample, Verdict, attribute, cyclictest_samples
+from guesttrace import FOREIGN_FREE_US, Timeline
+from stalls import (
+    Attribution,
+    Miss,
+    ProbeSample,
+    Verdict,
+    attribute,
+    cyclictest_samples,
+    stalled_ns,
+)
+from tracefs import KIB_PER_SECOND, CpuTrace
 
 from mxrc.rt.control import DEFAULT_CONTROL_LAW, load_control_law
 from mxrc.rt.cpu import read_machine
@@ -265,6 +280,7 @@ class PairedRun:
         stall_threshold_ns: int,
         extra_hooks: Sequence[CycleHook] = (),
         probe_interval_ns: int = PROBE_INTERVAL_NS,
+        trace: bool = False,
     ) -> None:
         if probe_interval_ns <= 0 or PERIOD_NS % probe_interval_ns or probe_interval_ns % 2000:
             raise ValueError(
@@ -278,7 +294,9 @@ class PairedRun:
         self.offset_ns = probe_offset_ns(probe_interval_ns)
         self.cycle_runs = CycleRuns(cpu, budget_ns, hook, extra_hooks)
         self.command = ""
+        self.trace = trace
         self.attribution: Attribution | None = None  # of the last run, for inspection
+        self.timeline: Timeline | None = None  # of the last traced run
 
     def run(self, seconds: float) -> dict[str, Any]:
         exe = shutil.which("cyclictest")
@@ -291,22 +309,28 @@ class PairedRun:
             "-v", "-N", "-q", "--secaligned",
         ]  # fmt: skip
         self.command = " ".join(["cyclictest", *command[1:]])
-        # Launched early in a second, cyclictest's thread is set up within that second,
-        # and --secaligned then starts it at the next whole one: start_s.
-        while not 0.05e9 <= time.monotonic_ns() % 1_000_000_000 <= 0.5e9:
-            time.sleep(0.01)
-        start_s = time.monotonic_ns() // 1_000_000_000 + 1
-        with tempfile.TemporaryFile("w+") as values:  # -v writes ~30 B a sample: no pipe
-            proc = subprocess.Popen(command, stdout=values, stderr=subprocess.PIPE, text=True)
-            try:
-                time.sleep(max(0.0, (start_s * 1_000_000_000 - time.monotonic_ns()) / 1e9) + 0.1)
-                cycle = self.cycle_runs.run(seconds, phase_ns=PERIOD_NS - self.offset_ns)
-                _, stderr = proc.communicate(timeout=probe_seconds + 30)
-            finally:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
-            exited_ns = time.monotonic_ns()
+        tracer = None
+        if self.trace:  # the probe's releases make most of the events
+            rate = KIB_PER_SECOND * PROBE_INTERVAL_NS // self.interval_ns
+            tracer = CpuTrace(self.cpu, probe_seconds + 2, kib_per_second=rate)
+        trace: dict[str, Any] | None = None
+        if tracer is not None and (reason := tracer.unavailable()) is not None:
+            trace, tracer = {"error": reason}, None
+        with tempfile.TemporaryFile("w+") as values, contextlib.ExitStack() as stack:
+            if tracer is not None:
+                stack.enter_context(tracer)  # the instance goes, whatever happens
+                tracer.start()  # first: allocating its buffer can take a second
+            # Launched early in a second, cyclictest's thread is set up within that second,
+            # and --secaligned then starts it at the next whole one: start_s.
+            while not 0.05e9 <= time.monotonic_ns() % 1_000_000_000 <= 0.5e9:
+                time.sleep(0.01)
+            start_s = time.monotonic_ns() // 1_000_000_000 + 1
+            # -v writes ~30 B a sample: to a file, not a pipe
+            cycle, proc, stderr, exited_ns = self._with_probe(
+                command, values, start_s, probe_seconds, seconds
+            )
+            if tracer is not None:
+                trace = self._read_trace(tracer)
             values.seek(0)
             text = values.read()
         if proc.returncode != 0:
@@ -324,7 +348,97 @@ class PairedRun:
             }
         first = start_s * 1_000_000_000 + self.interval_ns
         probe = cyclictest_samples(latencies, first, self.interval_ns)
-        return self._report(cycle, probe, seconds)
+        report = self._report(cycle, probe, seconds)
+        if trace is not None:
+            report["guest"] = trace
+            if self.timeline is not None:
+                trace.update(self._guest(cycle, probe, report))
+        return report
+
+    def _with_probe(
+        self, command: list[str], values: IO[str], start_s: int, probe_seconds: int, seconds: float
+    ) -> tuple[Cycle, subprocess.Popen[str], str, int]:
+        """Start cyclictest, then the cycle once the probe runs; return when both ended,
+        with the moment cyclictest had exited (which dates its start)."""
+        proc = subprocess.Popen(command, stdout=values, stderr=subprocess.PIPE, text=True)
+        try:
+            time.sleep(max(0.0, (start_s * 1_000_000_000 - time.monotonic_ns()) / 1e9) + 0.1)
+            cycle = self.cycle_runs.run(seconds, phase_ns=PERIOD_NS - self.offset_ns)
+            _, stderr = proc.communicate(timeout=probe_seconds + 30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        return cycle, proc, stderr, time.monotonic_ns()
+
+    def _read_trace(self, tracer: CpuTrace) -> dict[str, Any]:
+        lines, lost = tracer.stop()
+        self.timeline = Timeline.from_lines(lines)
+        return {"events": len(lines), "lost_events": lost}
+
+    def _guest(
+        self, cycle: Cycle, probe: list[ProbeSample], report: dict[str, Any]
+    ) -> dict[str, Any]:
+        """What else of the guest ran in each miss, and which misses the probe's waits
+        explain once the trace shows that nothing of the guest caused them."""
+        timeline, result = self.timeline, self.attribution
+        assert timeline is not None and result is not None and cycle.tid is not None
+        first = cycle.started_ns
+        ordinary_ns = 2 * int(statistics.median(s.latency_ns for s in probe))
+        deadlines = [s.deadline_ns for s in probe]
+        by_verdict: dict[str, dict[str, int]] = {}
+        busy: list[dict[str, Any]] = []  # misses in which something else of the guest ran
+        for kind, verdicts in (
+            ("platform", result.platform), ("own", result.own), ("undecided", result.undecided)
+        ):  # fmt: skip
+            counts = {"misses": len(verdicts), "traced": 0, "foreign_free": 0, "host_explained": 0}
+            by_verdict[kind] = counts
+            listed = {
+                item["at_s"]: item
+                for item in report["attribution"].get(f"{kind}_misses", [])
+            }  # fmt: skip
+            for v in verdicts:
+                start, end = v.miss.deadline_ns, v.miss.end_ns
+                if not timeline.covers(start, end):
+                    continue
+                counts["traced"] += 1
+                act = timeline.activity(start, end, cycle.tid)
+                clear = (
+                    act.foreign_us < FOREIGN_FREE_US
+                    and not act.cycle_syscalls
+                    and act.cycle_page_faults == 0
+                )
+                waits = stalled_ns(probe, deadlines, start, end, ordinary_ns + 1)
+                counts["foreign_free"] += clear
+                if not clear and len(busy) < LISTED_MISSES:
+                    at_s = round((start - first) / 1e9, 6)
+                    response_us = v.miss.response_ns / 1000
+                    busy.append({"at_s": at_s, "verdict": kind, "response_us": response_us,
+                                 **act.as_dict()})  # fmt: skip
+                counts["host_explained"] += clear and v.miss.response_ns - waits <= self.budget_ns
+                item = listed.get(round((start - first) / 1e9, 6))
+                if item is not None:
+                    item["guest"] = {**act.as_dict(), "probe_waits_us": waits / 1000}
+        unexplained = sum(
+            c["traced"] - c["host_explained"] for k, c in by_verdict.items() if k != "platform"
+        )
+        traced = sum(c["traced"] for c in by_verdict.values())
+        foreign_free = sum(c["foreign_free"] for c in by_verdict.values())
+        return {
+            "cycle_tid": cycle.tid,
+            "probe_ordinary_us": ordinary_ns / 1000,
+            "foreign_free_below_us": FOREIGN_FREE_US,
+            "by_verdict": by_verdict,
+            "not_foreign_free": busy,
+            "reading": (
+                f"{foreign_free} of {traced} traced misses ran with nothing else of the guest "
+                f"on the CPU (under {FOREIGN_FREE_US:g} µs of other tasks and interrupts, no "
+                "system call but its sleep, no page fault of the cycle); counting every wait "
+                "of the probe past "
+                f"{ordinary_ns / 1000:g} µs (twice its median) in those, {unexplained} of the "
+                "own and undecided misses remain unexplained by the host"
+            ),
+        }
 
     def _report(self, cycle: Cycle, probe: list[ProbeSample], seconds: float) -> dict[str, Any]:
         first = cycle.started_ns
@@ -476,6 +590,12 @@ def _parser() -> argparse.ArgumentParser:
         "of the 1000 µs cycle period; shorter ones interfere more with the cycle)",
     )
     parser.add_argument(
+        "--trace",
+        action="store_true",
+        help="paired run: also trace the CPU's scheduler and interrupt events (ftrace; "
+        "root) and report, for each miss, what else of the guest ran in it",
+    )
+    parser.add_argument(
         "--stall-threshold-us",
         type=int,
         default=100,
@@ -502,6 +622,7 @@ def main(argv: list[str] | None = None) -> int:
             args.hook,
             args.stall_threshold_us * 1000,
             probe_interval_ns=args.probe_interval_us * 1000,
+            trace=args.trace,
         )
     except ValueError as exc:
         parser.error(f"--probe-interval-us: {exc}")
