@@ -410,13 +410,13 @@ class PairedRun:
                 )
                 waits = stalled_ns(probe, deadlines, start, end, ordinary_ns + 1)
                 counts["foreign_free"] += clear
+                counts["host_explained"] += clear and v.miss.response_ns - waits <= self.budget_ns
+                at_s = round((start - first) / 1e9, 6)  # as _report lists it
                 if not clear and len(busy) < LISTED_MISSES:
-                    at_s = round((start - first) / 1e9, 6)
                     response_us = v.miss.response_ns / 1000
                     busy.append({"at_s": at_s, "verdict": kind, "response_us": response_us,
                                  **act.as_dict()})  # fmt: skip
-                counts["host_explained"] += clear and v.miss.response_ns - waits <= self.budget_ns
-                item = listed.get(round((start - first) / 1e9, 6))
+                item = listed.get(at_s)
                 if item is not None:
                     item["guest"] = {**act.as_dict(), "probe_waits_us": waits / 1000}
         unexplained = sum(
