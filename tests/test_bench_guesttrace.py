@@ -114,3 +114,30 @@ def test_a_real_trace_shows_a_process_that_held_the_cpu() -> None:
     # SCHED_FIFO 70 on its own CPU: nothing of the guest but interrupts ran beside it
     assert mine and mine[0] >= 0.9 * (end - start) / 1000, busy.as_dict()
     assert busy.foreign_us > FOREIGN_FREE_US  # the process itself is foreign to a cycle
+
+
+def test_a_killed_run_s_instance_is_removed_by_the_next_run() -> None:
+    tracer = CpuTrace(CPU, 1, name=f"mxrc-test-{os.getpid()}")
+    if (reason := tracer.unavailable()) is not None:
+        pytest.skip(reason)
+    root = tracefs_root()
+    assert root is not None
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    alive = subprocess.Popen(["sleep", "30"])
+    stale = root / "instances" / f"mxrc-bench-{gone.pid}"
+    running = root / "instances" / f"mxrc-bench-{alive.pid}"
+    try:
+        stale.mkdir()
+        running.mkdir()
+        with tracer:
+            tracer.start()
+            tracer.stop()
+        assert tracer.removed_stale == [stale.name]
+        assert not stale.exists() and running.exists()  # a live run's is left alone
+    finally:
+        alive.kill()
+        alive.wait()
+        for instance in (stale, running):
+            if instance.exists():
+                instance.rmdir()

@@ -374,7 +374,11 @@ class PairedRun:
     def _read_trace(self, tracer: CpuTrace) -> dict[str, Any]:
         lines, lost = tracer.stop()
         self.timeline = Timeline.from_lines(lines)
-        return {"events": len(lines), "lost_events": lost}
+        return {
+            "events": len(lines),
+            "lost_events": lost,
+            "removed_stale_instances": tracer.removed_stale,  # of killed earlier runs
+        }
 
     def _guest(
         self, cycle: Cycle, probe: list[ProbeSample], report: dict[str, Any]

@@ -21,6 +21,7 @@ TRACEFS_ROOTS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
 #: (about 1 MiB); twice that, so that a busier second is not lost.
 KIB_PER_SECOND = 2048
 MIN_BUFFER_KIB = 16384
+PREFIX = "mxrc-bench-"
 
 
 def tracefs_root() -> Path | None:
@@ -44,8 +45,9 @@ class CpuTrace:
     ) -> None:
         self.cpu = cpu
         self.buffer_kib = max(MIN_BUFFER_KIB, int(seconds * kib_per_second))
-        self.name = name or f"mxrc-bench-{os.getpid()}"
+        self.name = name or f"{PREFIX}{os.getpid()}"
         self.instance: Path | None = None
+        self.removed_stale: list[str] = []
 
     def unavailable(self) -> str | None:
         """Why this machine cannot trace, or None."""
@@ -68,6 +70,7 @@ class CpuTrace:
             raise OSError(reason)
         root = tracefs_root()
         assert root is not None
+        self.removed_stale = remove_stale_instances(root)
         self.instance = root / "instances" / self.name
         self.instance.mkdir()
         self._write("tracing_on", "0")
@@ -112,3 +115,16 @@ class CpuTrace:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def remove_stale_instances(root: Path) -> list[str]:
+    """Remove the instances of benchmark runs that died without closing theirs (killed:
+    an instance outlives its process, and holds its buffer until removed)."""
+    removed = []
+    for instance in sorted((root / "instances").glob(f"{PREFIX}*")):
+        pid = instance.name.removeprefix(PREFIX)
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            (instance / "tracing_on").write_text("0")
+            instance.rmdir()
+            removed.append(instance.name)
+    return removed
