@@ -40,6 +40,10 @@ def test_cycle_latency_quick() -> None:
     assert cycle["wake_at_least_us"]["500"] == cycle["wake_misses"]
     assert ct["wake_at_least_us"]["500"] == ct["misses"]  # the default budget: 500 µs
     assert ct["samples"] == 5000
+    # two 2.5 s blocks, each side first once
+    assert report["blocks"] == 2
+    assert "block 1/2: mxrc cycle then cyclictest" in proc.stderr
+    assert "block 2/2: cyclictest then mxrc cycle" in proc.stderr
     assert cycle["samples"] + cycle["skipped_periods"] >= 4990  # ~5000 periods in 5 s
     assert cycle["fault"] is None
     assert report["ratios"]["p99_us"] == pytest.approx(cycle["p99_us"] / ct["p99_us"], abs=1e-3)

@@ -1,13 +1,14 @@
 """Cycle wake-up latency of the Python RT cycle against cyclictest, same CPU, same run.
 
     .venv/bin/python tools/bench/cycle_latency.py [--seconds 60] [--quick] [--cpu 1] [--load]
-        [--paired-seconds 60] [--probe-interval-us 250] [--stall-threshold-us 100]
+        [--paired-seconds 60] [--probe-interval-us 250] [--stall-threshold-us 100] [--trace]
 
 Runs the mxrc cycle (SCHED_FIFO 80, pinned, mlockall, /dev/cpu_dma_latency held at 0,
 GC frozen and disabled, the default simulated-joint control law in the executive) at
 1 kHz, then ``cyclictest -m -p 80 -a CPU -t 1 -i 1000 -l N -h ...`` for the same number
-of cycles on the same CPU — alternating in blocks of 10 s (``--block-seconds``) with
-histograms summed, because on a busy or virtual machine the background noise drifts
+of cycles on the same CPU — alternating in blocks of 10 s (``--block-seconds``, an
+even number of them, cyclictest going first in every other one) with histograms
+summed, because on a busy or virtual machine the background noise drifts
 over minutes and two back-to-back 60 s runs would each see a different machine.
 cyclictest is the floor: it is C, does no work per cycle, and also holds
 /dev/cpu_dma_latency at 0, so whatever the machine (hypervisor stalls included) does to
@@ -522,6 +523,35 @@ def _probe_latencies(text: str) -> list[int] | str:
     return latencies if latencies else "cyclictest -v printed no samples"
 
 
+def run_blocks(
+    ours: CycleRuns, theirs: CyclictestRuns, blocks: int, seconds: float, cpu: int
+) -> None:
+    """The alternating part: both sides for ``seconds / blocks`` each, block by block,
+    until cyclictest fails (its error is in ``theirs``)."""
+    each_s = seconds / blocks
+    for block in range(blocks):
+        order = block_order(block)
+        print(
+            f"cycle_latency: block {block + 1}/{blocks}: {' then '.join(order)} on "
+            f"CPU {cpu}, {each_s:g} s each",
+            file=sys.stderr,
+        )
+        for side in order:
+            if side == "cyclictest":
+                theirs.run(int(each_s * 1e9 / PERIOD_NS))
+            else:
+                ours.run(each_s)
+        if theirs.error is not None:
+            return
+
+
+def block_order(block: int) -> tuple[str, str]:
+    """Which side runs first in a block: the mxrc cycle in even blocks, cyclictest in
+    odd ones."""
+    sides = ("mxrc cycle", "cyclictest")
+    return sides if block % 2 == 0 else (sides[1], sides[0])
+
+
 def start_load(cpu: int) -> subprocess.Popen[bytes] | None:
     others = sorted(set(os.sched_getaffinity(0)) - {cpu})
     if not others:
@@ -630,25 +660,18 @@ def main(argv: list[str] | None = None) -> int:
         )
     except ValueError as exc:
         parser.error(f"--probe-interval-us: {exc}")
-    cycles = int(seconds * 1e9 / PERIOD_NS)
     machine = read_machine()
 
-    blocks = max(1, round(seconds / args.block_seconds))
+    # An even number of blocks, the order turned each time (cycle first, then cyclictest
+    # first, …): noise that drifts over the run, or is left by whatever ran just before,
+    # then falls on both sides alike instead of always on the side that goes first.
+    blocks = 2 * max(1, round(seconds / args.block_seconds / 2))
     ours = CycleRuns(cpu, args.budget_us * 1000, args.hook)
     theirs = CyclictestRuns(cpu, args.budget_us)
     load = start_load(cpu) if args.load else None
     try:
         time.sleep(0.5 if load else 0)
-        for block in range(blocks):
-            print(
-                f"cycle_latency: block {block + 1}/{blocks}: mxrc cycle then cyclictest on "
-                f"CPU {cpu}, {seconds / blocks:g} s each",
-                file=sys.stderr,
-            )
-            ours.run(seconds / blocks)
-            theirs.run(cycles // blocks)
-            if theirs.error is not None:
-                break
+        run_blocks(ours, theirs, blocks, seconds, cpu)
         if paired_seconds > 0 and theirs.error is None:
             print(
                 f"cycle_latency: paired: the cycle with a cyclictest probe at priority "
