@@ -175,6 +175,7 @@ class Timeline:
             elif e.name == "page_fault_user":
                 self.page_faults.setdefault(e.pid, []).append(e.ts_ns)
         self._starts = [s.start_ns for s in self.segments]
+        self._sleeps: dict[int, int | None] = {}  # tid: its sleep call, once worked out
 
     @classmethod
     def from_lines(cls, lines: Iterable[str]) -> Timeline:
@@ -191,8 +192,10 @@ class Timeline:
     def sleep_syscall(self, tid: int) -> int | None:
         """The system call a cyclic thread makes most: the one it sleeps in, once a
         period (clock_nanosleep, whose number differs between architectures)."""
-        numbers = Counter(nr for _, nr in self.syscalls.get(tid, []))
-        return numbers.most_common(1)[0][0] if numbers else None
+        if tid not in self._sleeps:
+            numbers = Counter(nr for _, nr in self.syscalls.get(tid, []))
+            self._sleeps[tid] = numbers.most_common(1)[0][0] if numbers else None
+        return self._sleeps[tid]
 
     def activity(self, start_ns: int, end_ns: int, cycle_tid: int) -> Activity:
         """Who had the CPU within ``[start, end)``; ``cycle_tid`` is the cycle thread.

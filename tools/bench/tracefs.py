@@ -98,13 +98,8 @@ class CpuTrace:
     def close(self) -> None:
         if self.instance is None:
             return
-        try:
-            self._write("tracing_on", "0")
-            for event in EVENTS:
-                self._write(f"events/{event}/enable", "0")
-        finally:
-            self.instance.rmdir()  # frees the buffer
-            self.instance = None
+        self.instance.rmdir()  # stops its tracing and frees its buffer
+        self.instance = None
 
     def _write(self, name: str, value: str) -> None:
         assert self.instance is not None
@@ -124,7 +119,6 @@ def remove_stale_instances(root: Path) -> list[str]:
     for instance in sorted((root / "instances").glob(f"{PREFIX}*")):
         pid = instance.name.removeprefix(PREFIX)
         if pid.isdigit() and not Path(f"/proc/{pid}").exists():
-            (instance / "tracing_on").write_text("0")
             instance.rmdir()
             removed.append(instance.name)
     return removed
