@@ -52,6 +52,26 @@ def test_cycle_latency_quick() -> None:
     assert report["target_met"] == (targets["p99_met"] and targets["misses_met"])
     comparison = report["misses_comparison"]
     assert 0 <= comparison["p_value_cycle_more"] <= 1 and comparison["reading"]
+    # the blocks' counts add up to the totals the targets compare
+    blocks = comparison["blocks"]
+    assert [b["first"] for b in blocks] == ["mxrc cycle", "cyclictest"]
+    assert sum(b["cycle"] for b in blocks) == cycle["misses"]
+    assert sum(b["cycle_wake"] for b in blocks) == cycle["wake_misses"]
+    assert sum(b["cyclictest"] for b in blocks) == ct["misses"]
+    assert 0 <= comparison["p_value_cycle_more_by_block"] <= 1
+    assert comparison["wake_rule"]["cycle"] == cycle["wake_misses"]
+
+    together = report["same_time"]  # the cycle beside cyclictest -p 80 -i 1000, 5 s
+    assert "error" not in together, together
+    assert "-m -p 80 -a 1 -t 1 -i 1000".replace("1 -t", f"{report['cpu']} -t") in together[
+        "command"
+    ]
+    beside, reference = together["cycle"], together["cyclictest"]
+    assert beside["fault"] is None and beside["samples"] >= 4990
+    assert abs(reference["samples"] - beside["samples"]) <= 2  # the same 5 s
+    assert beside["wake_misses"] <= beside["misses"]  # the work can only add misses
+    assert together["misses_met"] == (beside["misses"] <= reference["misses"])
+    assert together["wake_misses_met"] == (beside["wake_misses"] <= reference["misses"])
 
     paired = report["paired"]  # the cycle and the probe together, 5 s
     assert "error" not in paired, paired

@@ -140,3 +140,40 @@ def excess_p_value(ours: int, ours_exposure: float, theirs: int, theirs_exposure
         for k in range(ours, n + 1)
     )
     return min(1.0, tail)
+
+
+def paired_excess_p_value(pairs: Sequence[tuple[int, int]]) -> float:
+    """How likely a total excess of ours over theirs at least as large as the one seen
+    would be, were the two labels within each pair exchangeable: the exact sign-flip
+    (randomisation) test of the pairs' differences, one-sided.
+
+    A VM's stalls come in bursts: a bad ten seconds can give one side of one block a
+    dozen misses, so the counts vary far more than a Poisson rate's square root, and
+    :func:`excess_p_value` then reads a burst as a difference of rates. Here each block
+    (both sides for the same length of time, one after the other, the order turned
+    every block) is one pair, and a burst weighs as one block's difference, whatever
+    its size. The distribution of the signed sum is counted exactly (by the sums it can
+    reach), not sampled, so the same counts always give the same value.
+    """
+    differences = []
+    for ours, theirs in pairs:
+        if ours < 0 or theirs < 0:
+            raise ValueError(f"counts must be ≥ 0, got ({ours}, {theirs})")
+        if ours != theirs:
+            differences.append(ours - theirs)
+    observed = sum(differences)
+    if not differences:
+        return 1.0
+    # ways[s]: how many of the sign choices so far give the sum s (offset by `span`)
+    span = sum(abs(d) for d in differences)
+    ways = [0] * (2 * span + 1)
+    ways[span] = 1
+    for d in (abs(d) for d in differences):
+        moved = [0] * len(ways)
+        for s, n in enumerate(ways):
+            if n:
+                moved[s + d] += n
+                moved[s - d] += n
+        ways = moved
+    at_least = sum(ways[span + observed :])
+    return at_least / (1 << len(differences))

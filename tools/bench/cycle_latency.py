@@ -18,10 +18,16 @@ during both runs.
 Prints one JSON object: both figure sets (p50/p99/p99.9/max in µs, misses over the
 budget), ratios, the targets — cycle p99 ≤ 1.5 × cyclictest p99 and no more misses than
 cyclictest — and ``target_met``. Misses are rare (tens a minute on a VM, from its
-stalls), so two equally good loops differ by about the square root of their counts
-from run to run; ``misses_comparison`` says whether the cycle's count is really higher
-(a one-sided test of two Poisson counts, :func:`benchutil.excess_p_value`), which the
-plain comparison cannot.
+stalls), so two equally good loops differ by at least the square root of their counts
+from run to run; ``misses_comparison`` says whether the cycle's count is really higher,
+which the plain comparison cannot. It gives two one-sided tests: of the totals as
+Poisson counts (:func:`benchutil.excess_p_value`), and block by block
+(:func:`benchutil.paired_excess_p_value`, each block's two counts a pair), which
+decides the ``reading``: the stalls come in bursts, a bad ten seconds giving one side of
+one block dozens of misses, and only the block test weighs such a burst as one block.
+Each block's counts are in ``misses_comparison.blocks``; ``wake_rule`` repeats both
+tests with the cycle's misses counted by cyclictest's rule (the wake-up alone, without
+the cycle's work).
 
 Then the paired run (``--paired-seconds``, default as long as ``--seconds``; 0 skips
 it) asks the question the counts cannot answer: was each miss the platform's or the
@@ -59,7 +65,7 @@ from typing import IO, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchutil import excess_p_value
+from benchutil import excess_p_value, paired_excess_p_value
 from guesttrace import FOREIGN_FREE_US, Timeline
 from stalls import (
     Attribution,
@@ -144,6 +150,10 @@ class CycleRuns:
             self.tracking_max = max(self.tracking_max, law.status()["max_abs_error_rad"])
         return cycle
 
+    def wake_misses(self) -> int:
+        """Wake-ups at least the budget late: cyclictest's rule, without the work."""
+        return self.wake.count_at_least(self.config.budget_ns)
+
     def figures(self) -> dict[str, Any]:
         budget_ns = self.config.budget_ns
         wake = self.wake
@@ -153,7 +163,7 @@ class CycleRuns:
             "max_us": _round(wake.max_ns / 1000),
             "misses": self.misses,
             "miss_rule": f"wake-up latency + execution time > {budget_ns // 1000} µs",
-            "wake_misses": wake.count_at_least(budget_ns),
+            "wake_misses": self.wake_misses(),
             "wake_at_least_us": {
                 str(us): wake.count_at_least(us * 1000) for us in TAIL_THRESHOLDS_US
             },
@@ -225,6 +235,9 @@ class CyclictestRuns:
         if seen == 0:
             self.error = "cyclictest printed no histogram"
 
+    def misses(self) -> int:
+        return sum(self.bins[self.budget_us :]) + self.overflow
+
     def figures(self) -> dict[str, Any]:
         if self.error is not None:
             return {"error": self.error, "command": self.command}
@@ -235,7 +248,7 @@ class CyclictestRuns:
                 for name, q in PERCENTILES.items()
             },
             "max_us": self.max_us,
-            "misses": sum(self.bins[self.budget_us :]) + self.overflow,
+            "misses": self.misses(),
             "wake_at_least_us": {
                 str(us): sum(self.bins[us:]) + self.overflow for us in TAIL_THRESHOLDS_US
             },
@@ -282,6 +295,7 @@ class PairedRun:
         extra_hooks: Sequence[CycleHook] = (),
         probe_interval_ns: int = PROBE_INTERVAL_NS,
         trace: bool = False,
+        probe_priority: int = PROBE_PRIORITY,
     ) -> None:
         if probe_interval_ns <= 0 or PERIOD_NS % probe_interval_ns or probe_interval_ns % 2000:
             raise ValueError(
@@ -292,6 +306,7 @@ class PairedRun:
         self.budget_ns = budget_ns
         self.stall_threshold_ns = stall_threshold_ns
         self.interval_ns = probe_interval_ns
+        self.priority = probe_priority
         self.offset_ns = probe_offset_ns(probe_interval_ns)
         self.cycle_runs = CycleRuns(cpu, budget_ns, hook, extra_hooks)
         self.command = ""
@@ -305,7 +320,7 @@ class PairedRun:
             return {"error": "cyclictest not found; install it: apt-get install rt-tests"}
         probe_seconds = math.ceil(seconds) + 2
         command = [
-            exe, "-m", "-p", str(PROBE_PRIORITY), "-a", str(self.cpu), "-t", "1",
+            exe, "-m", "-p", str(self.priority), "-a", str(self.cpu), "-t", "1",
             "-i", str(self.interval_ns // 1000), "-D", str(probe_seconds),
             "-v", "-N", "-q", "--secaligned",
         ]  # fmt: skip
@@ -483,7 +498,7 @@ class PairedRun:
         return {
             "seconds": seconds,
             "probe_command": self.command,
-            "probe_priority": PROBE_PRIORITY,
+            "probe_priority": self.priority,
             "probe_interval_us": self.interval_ns // 1000,
             "probe_offset_us": self.offset_ns // 1000,
             "cycle": self.cycle_runs.figures(),
@@ -491,6 +506,7 @@ class PairedRun:
                 "samples": len(inside),
                 "stalls": sum(1 for s in inside if s.latency_ns >= self.stall_threshold_ns),
                 "at_least_budget": sum(1 for s in inside if s.latency_ns >= self.budget_ns),
+                "p99_us": _nearest_rank([s.latency_ns for s in inside], 0.99) / 1000,
                 "max_us": max((s.latency_ns for s in inside), default=0) / 1000,
             },
             "attribution": {
@@ -509,6 +525,62 @@ class PairedRun:
         }
 
 
+def _nearest_rank(values: list[int], q: float) -> int:
+    if not values:
+        return 0
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+#: The cycle's figures the same-time part reports.
+SAME_TIME_FIGURES = (
+    "samples", "p50_us", "p99_us", "max_us", "misses", "wake_misses", "wake_at_least_us",
+    "exec_p99_us", "fault",
+)  # fmt: skip
+
+
+def same_time(paired: dict[str, Any]) -> dict[str, Any]:
+    """The literal comparison at one time: the cycle's misses against the samples of
+    ``cyclictest -m -p 80 -i 1000`` that ran beside it, half a period apart, so that
+    every stall of the CPU reaches both. Counted both ways: by the cycle's rule (its
+    work done within the budget) and by cyclictest's (the wake-up alone)."""
+    if "error" in paired:
+        return paired
+    cycle, probe = paired["cycle"], paired["probe"]
+    theirs = probe["at_least_budget"]
+    met = cycle["misses"] <= theirs
+    wake_met = cycle["wake_misses"] <= theirs
+    if met:
+        reading = "the cycle missed no more often than cyclictest beside it"
+    elif wake_met:
+        reading = (
+            f"the cycle's wake-ups were late past the budget no more often than cyclictest's "
+            f"({cycle['wake_misses']} vs {theirs}); its {cycle['misses']} misses also count "
+            "the stalls that ended too late for its work to finish in time, which a loop "
+            "that does no work cannot miss"
+        )
+    else:
+        reading = (
+            f"the cycle's wake-ups were late past the budget more often than cyclictest's "
+            f"beside it ({cycle['wake_misses']} vs {theirs}): it is not the platform alone"
+        )
+    return {
+        "seconds": paired["seconds"],
+        "command": paired["probe_command"],
+        "offset_us": paired["probe_offset_us"],
+        "cycle": {key: cycle[key] for key in SAME_TIME_FIGURES},
+        "cyclictest": {
+            "samples": probe["samples"],
+            "p99_us": probe["p99_us"],
+            "max_us": probe["max_us"],
+            "misses": theirs,
+        },
+        "misses_met": met,
+        "wake_misses_met": wake_met,
+        "reading": reading,
+    }
+
+
 def _probe_latencies(text: str) -> list[int] | str:
     """cyclictest ``-v -N`` values (ns) in sample order, or what is wrong with them."""
     latencies: list[int] = []
@@ -525,10 +597,12 @@ def _probe_latencies(text: str) -> list[int] | str:
 
 def run_blocks(
     ours: CycleRuns, theirs: CyclictestRuns, blocks: int, seconds: float, cpu: int
-) -> None:
+) -> list[dict[str, Any]]:
     """The alternating part: both sides for ``seconds / blocks`` each, block by block,
-    until cyclictest fails (its error is in ``theirs``)."""
+    until cyclictest fails (its error is in ``theirs``). Returns each block's miss
+    counts, which the block-by-block test pairs."""
     each_s = seconds / blocks
+    counts: list[dict[str, Any]] = []
     for block in range(blocks):
         order = block_order(block)
         print(
@@ -536,13 +610,25 @@ def run_blocks(
             f"CPU {cpu}, {each_s:g} s each",
             file=sys.stderr,
         )
+        before = (ours.misses, ours.wake_misses(), theirs.misses())
         for side in order:
             if side == "cyclictest":
                 theirs.run(int(each_s * 1e9 / PERIOD_NS))
             else:
                 ours.run(each_s)
         if theirs.error is not None:
-            return
+            return counts
+        after = (ours.misses, ours.wake_misses(), theirs.misses())
+        misses, wake, ct = (b - a for a, b in zip(before, after, strict=True))
+        print(
+            f"cycle_latency: block {block + 1}/{blocks}: misses: cycle {misses} "
+            f"(wake-up alone {wake}), cyclictest {ct}",
+            file=sys.stderr,
+        )
+        counts.append(
+            {"first": order[0], "cycle": misses, "cycle_wake": wake, "cyclictest": ct}
+        )
+    return counts
 
 
 def block_order(block: int) -> tuple[str, str]:
@@ -564,8 +650,10 @@ def _ratio(a: float, b: float) -> float | None:
     return round(a / b, 3) if b else None
 
 
-def comparison(cycle: dict[str, Any], ct: dict[str, Any]) -> dict[str, Any]:
-    """Ratios, targets and the miss-count test of the alternating runs."""
+def comparison(
+    cycle: dict[str, Any], ct: dict[str, Any], blocks: Sequence[dict[str, Any]]
+) -> dict[str, Any]:
+    """Ratios, targets and the miss-count tests of the alternating runs."""
     p99_limit = P99_RATIO_MAX * ct["p99_us"]
     targets = {
         "p99_us_max": p99_limit,
@@ -575,6 +663,8 @@ def comparison(cycle: dict[str, Any], ct: dict[str, Any]) -> dict[str, Any]:
     }
     periods = cycle["samples"] + cycle["skipped_periods"]
     p_value = excess_p_value(cycle["misses"], periods, ct["misses"], ct["samples"])
+    by_block = paired_excess_p_value([(b["cycle"], b["cyclictest"]) for b in blocks])
+    wake_by_block = paired_excess_p_value([(b["cycle_wake"], b["cyclictest"]) for b in blocks])
     return {
         "ratios": {
             key: _ratio(cycle[key], ct[key]) for key in ("p50_us", "p99_us", "p99.9_us", "max_us")
@@ -583,13 +673,65 @@ def comparison(cycle: dict[str, Any], ct: dict[str, Any]) -> dict[str, Any]:
         "target_met": targets["p99_met"] and targets["misses_met"],
         "misses_comparison": {
             "p_value_cycle_more": round(p_value, 4),
-            "reading": (
-                "the cycle misses more often than cyclictest (p < 0.05)"
-                if p_value < 0.05
-                else "the two miss counts do not differ beyond their own noise (p ≥ 0.05)"
-            ),
+            "p_value_cycle_more_by_block": round(by_block, 4),
+            "blocks": list(blocks),
+            "blocks_cycle_more": sum(b["cycle"] > b["cyclictest"] for b in blocks),
+            "blocks_cyclictest_more": sum(b["cycle"] < b["cyclictest"] for b in blocks),
+            "wake_rule": {
+                "cycle": cycle["wake_misses"],
+                "cyclictest": ct["misses"],
+                "p_value_cycle_more": round(
+                    excess_p_value(cycle["wake_misses"], periods, ct["misses"], ct["samples"]),
+                    4,
+                ),
+                "p_value_cycle_more_by_block": round(wake_by_block, 4),
+            },
+            "reading": misses_reading(p_value, by_block),
         },
     }
+
+
+def misses_reading(p_value: float, by_block: float) -> str:
+    """The block-by-block test decides: the counts' own test takes a burst of stalls in
+    one block for a difference of rates."""
+    if by_block < 0.05:
+        return (
+            f"the cycle misses more often than cyclictest: block by block, p = {by_block:.3g}"
+        )
+    if p_value < 0.05:
+        return (
+            f"the counts alone would say the cycle misses more (p = {p_value:.3g} as Poisson "
+            f"counts), but block by block the excess is within the blocks' own variation "
+            f"(p = {by_block:.3g}): bursts of stalls, not a higher rate"
+        )
+    return (
+        "the two miss counts do not differ beyond their own noise "
+        f"(p = {p_value:.3g} as counts, {by_block:.3g} block by block)"
+    )
+
+
+def run_together(
+    beside: PairedRun, beside_seconds: float, probed: PairedRun, probed_seconds: float
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The parts where the cycle shares its CPU with a cyclictest: ``same_time`` (the
+    reference command beside it) and ``paired`` (the probe above it); None if skipped."""
+    together = paired = None
+    if beside_seconds > 0:
+        print(
+            f"cycle_latency: same time: the cycle with cyclictest -p {beside.priority} -i "
+            f"{beside.interval_ns // 1000} half a period apart on CPU {beside.cpu}, "
+            f"{beside_seconds:g} s",
+            file=sys.stderr,
+        )
+        together = same_time(beside.run(beside_seconds))
+    if probed_seconds > 0:
+        print(
+            f"cycle_latency: paired: the cycle with a cyclictest probe at priority "
+            f"{probed.priority} on CPU {probed.cpu}, {probed_seconds:g} s",
+            file=sys.stderr,
+        )
+        paired = probed.run(probed_seconds)
+    return together, paired
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -607,6 +749,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--hook", choices=("plant", "none"), default="plant", help="work done each cycle"
+    )
+    parser.add_argument(
+        "--same-time-seconds",
+        type=float,
+        default=None,
+        help="then run the cycle and `cyclictest -m -p 80 -i 1000` on its CPU at the same "
+        "time, half a period apart, this long, and compare their misses under the same "
+        "stalls (default: --seconds; 0: skip)",
     )
     parser.add_argument(
         "--paired-seconds",
@@ -646,6 +796,9 @@ def main(argv: list[str] | None = None) -> int:
     paired_seconds = seconds if args.paired_seconds is None else args.paired_seconds
     if paired_seconds < 0:
         parser.error(f"--paired-seconds must be ≥ 0, got {paired_seconds:g}")
+    together_seconds = seconds if args.same_time_seconds is None else args.same_time_seconds
+    if together_seconds < 0:
+        parser.error(f"--same-time-seconds must be ≥ 0, got {together_seconds:g}")
     if args.stall_threshold_us <= 0:
         parser.error(f"--stall-threshold-us must be > 0, got {args.stall_threshold_us}")
     cpu = args.cpu if args.cpu is not None else max(os.sched_getaffinity(0))
@@ -660,6 +813,14 @@ def main(argv: list[str] | None = None) -> int:
         )
     except ValueError as exc:
         parser.error(f"--probe-interval-us: {exc}")
+    beside = PairedRun(
+        cpu,
+        args.budget_us * 1000,
+        args.hook,
+        args.stall_threshold_us * 1000,
+        probe_interval_ns=PERIOD_NS,
+        probe_priority=PRIORITY,
+    )
     machine = read_machine()
 
     # An even number of blocks, the order turned each time (cycle first, then cyclictest
@@ -671,16 +832,10 @@ def main(argv: list[str] | None = None) -> int:
     load = start_load(cpu) if args.load else None
     try:
         time.sleep(0.5 if load else 0)
-        run_blocks(ours, theirs, blocks, seconds, cpu)
-        if paired_seconds > 0 and theirs.error is None:
-            print(
-                f"cycle_latency: paired: the cycle with a cyclictest probe at priority "
-                f"{PROBE_PRIORITY} on CPU {cpu}, {paired_seconds:g} s",
-                file=sys.stderr,
-            )
-            paired: dict[str, Any] | None = pair.run(paired_seconds)
-        else:
-            paired = None
+        block_counts = run_blocks(ours, theirs, blocks, seconds, cpu)
+        together = paired = None
+        if theirs.error is None:
+            together, paired = run_together(beside, together_seconds, pair, paired_seconds)
     finally:
         if load is not None:
             load.kill()
@@ -706,9 +861,12 @@ def main(argv: list[str] | None = None) -> int:
     }
     ok = "error" not in ct
     if ok:
-        report.update(comparison(cycle, ct))
+        report.update(comparison(cycle, ct, block_counts))
     else:
         report["target_met"] = False
+    if together is not None:
+        report["same_time"] = together
+        ok = ok and "error" not in together and together["cycle"]["fault"] is None
     if paired is not None:
         report["paired"] = paired
         ok = ok and "error" not in paired and paired["cycle"]["fault"] is None
