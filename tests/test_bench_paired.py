@@ -140,7 +140,10 @@ def test_the_cpu_trace_names_what_ran_in_each_made_miss() -> None:
     own_ends = {v.miss.deadline_ns: v.miss.end_ns for v in result.own}
     for deadline in made.injected_own:
         act = timeline.activity(deadline, own_ends[deadline], tid)
-        assert act.cycle_us > 700 and not act.cycle_syscalls, act.as_dict()  # busy, in user
+        # busy, in user space: its own CPU time alone is over the 500 µs budget (of the
+        # 800 µs spin, the probe's releases and the timer interrupts take their share, and
+        # more when the host stops the vCPU inside one of them)
+        assert act.cycle_us > 500 and not act.cycle_syscalls, act.as_dict()
     by_verdict = made.report["guest"]["by_verdict"]
     assert by_verdict["platform"]["foreign_free"] <= by_verdict["platform"]["misses"] - len(
         made.stalled

@@ -1,7 +1,8 @@
 """Cycle wake-up latency of the Python RT cycle against cyclictest, same CPU, same run.
 
     .venv/bin/python tools/bench/cycle_latency.py [--seconds 60] [--quick] [--cpu 1] [--load]
-        [--paired-seconds 60] [--probe-interval-us 250] [--stall-threshold-us 100] [--trace]
+        [--same-time-seconds 60] [--paired-seconds 60] [--probe-interval-us 250]
+        [--stall-threshold-us 100] [--trace]
 
 Runs the mxrc cycle (SCHED_FIFO 80, pinned, mlockall, /dev/cpu_dma_latency held at 0,
 GC frozen and disabled, the default simulated-joint control law in the executive) at
@@ -29,7 +30,14 @@ Each block's counts are in ``misses_comparison.blocks``; ``wake_rule`` repeats b
 tests with the cycle's misses counted by cyclictest's rule (the wake-up alone, without
 the cycle's work).
 
-Then the paired run (``--paired-seconds``, default as long as ``--seconds``; 0 skips
+Then the same-time part (``--same-time-seconds``, default as long as ``--seconds``; 0
+skips it) runs the cycle beside ``cyclictest -m -p 80 -i 1000 --secaligned`` on the
+same CPU, each released half a period after the other so that neither delays the other:
+every stall of the CPU then reaches both, and ``same_time`` compares the two counts it
+gave, by the cycle's rule and by cyclictest's (without the noise of two different
+stretches of time that the alternating counts carry).
+
+Last, the paired run (``--paired-seconds``, default as long as ``--seconds``; 0 skips
 it) asks the question the counts cannot answer: was each miss the platform's or the
 cycle's own? The cycle runs with ``cyclictest -p 81 -i 250 --secaligned -v -N`` on the
 same CPU at the same time: a probe that outranks the cycle and is released every
