@@ -60,6 +60,11 @@ def test_cycle_latency_quick() -> None:
     assert sum(b["cyclictest"] for b in blocks) == ct["misses"]
     assert 0 <= comparison["p_value_cycle_more_by_block"] <= 1
     assert comparison["wake_rule"]["cycle"] == cycle["wake_misses"]
+    for b in blocks:  # each block's own p99s, which bracket the run's
+        assert b["cycle_p99_us"] > 0 and b["cyclictest_p99_us"] > 0
+    assert min(b["cyclictest_p99_us"] for b in blocks) <= ct["p99_us"]
+    assert ct["p99_us"] <= max(b["cyclictest_p99_us"] for b in blocks)
+    assert report["p99_by_block"]["blocks"] == 2
 
     together = report["same_time"]  # the cycle beside cyclictest -p 80 -i 1000, 5 s
     assert "error" not in together, together

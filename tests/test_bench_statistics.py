@@ -101,10 +101,13 @@ def figures(misses: int, wake_misses: int | None = None) -> dict[str, Any]:
     return out
 
 
-def blocks(pairs: list[tuple[int, int]]) -> list[dict[str, Any]]:
+def blocks(pairs: list[tuple[int, int]], p99_us: tuple[float, float] = (50, 50)) -> list[
+    dict[str, Any]
+]:
     return [
         {"first": "mxrc cycle" if i % 2 == 0 else "cyclictest", "cycle": ours,
-         "cycle_wake": ours, "cyclictest": theirs}
+         "cycle_wake": ours, "cyclictest": theirs, "cycle_p99_us": p99_us[0],
+         "cyclictest_p99_us": p99_us[1]}
         for i, (ours, theirs) in enumerate(pairs)
     ]  # fmt: skip
 
@@ -120,9 +123,12 @@ def test_the_benchmark_reads_its_counts_block_by_block() -> None:
     assert "within the blocks' own variation" in misses["reading"]
     assert (misses["blocks_cycle_more"], misses["blocks_cyclictest_more"]) == (2, 2)
 
-    steady = blocks([(6, 2)] * 6)
+    assert report["p99_by_block"] == {"met": 6, "blocks": 6}
+
+    steady = blocks([(6, 2)] * 6, p99_us=(80, 50))  # p99 over 1.5× in every block
     report = cycle_latency.comparison(figures(36, 30), figures(12), steady)
     misses = report["misses_comparison"]
     assert misses["p_value_cycle_more_by_block"] == pytest.approx(1 / 64, abs=1e-4)
     assert misses["reading"].startswith("the cycle misses more often than cyclictest")
     assert misses["wake_rule"]["cycle"] == 30 and misses["wake_rule"]["cyclictest"] == 12
+    assert report["p99_by_block"] == {"met": 0, "blocks": 6}
