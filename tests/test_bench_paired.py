@@ -34,7 +34,7 @@ CPU = max(os.sched_getaffinity(0))
 OWN_DEADLINE_IN_SECOND = 600_875_000  # a release of the cycle: ≡ 875 µs mod 1 ms
 STALL_IN_SECOND = 200_000_000
 STALL_NS = 3_000_000
-SECONDS = 4.5
+SECONDS = 5.5  # five or six of each made miss, of which the test asks four
 
 
 def overrun_once_a_second(info: CycleInfo) -> None:
@@ -53,9 +53,11 @@ STALLER = textwrap.dedent(
         now = time.monotonic_ns()
         target = (now // {S} + 1) * {S} + {STALL_IN_SECOND}
         time.sleep((target - now) / 1e9)
-        end = time.monotonic_ns() + {STALL_NS}
+        start = time.monotonic_ns()
+        end = start + {STALL_NS}
         while time.monotonic_ns() < end:
             pass
+        print(start, end, flush=True)  # when it really held the CPU (a late wake-up moves it)
     """
 )
 
@@ -87,7 +89,8 @@ def paired_with_made_misses(*, trace: bool = False) -> Made:
         report = pair.run(SECONDS)
     finally:
         staller.kill()
-        staller.wait()
+        held, _ = staller.communicate(timeout=10)
+    windows = [tuple(map(int, line.split())) for line in held.splitlines()]
     assert "error" not in report, report
     result = pair.attribution
     assert result is not None
@@ -97,7 +100,7 @@ def paired_with_made_misses(*, trace: bool = False) -> Made:
     platform = {v.miss.deadline_ns for v in result.platform}
     missed = own | platform | {v.miss.deadline_ns for v in result.undecided}
     injected_own = {d for d in missed if d % S == OWN_DEADLINE_IN_SECOND}
-    stalled = {d for d in missed if STALL_IN_SECOND <= d % S < STALL_IN_SECOND + STALL_NS}
+    stalled = {d for d in missed if any(start <= d < end for start, end in windows)}
     assert len(injected_own) >= 4 and len(stalled) >= 4, report["attribution"]
     return Made(pair, report, injected_own, stalled, staller.pid)
 
@@ -138,7 +141,10 @@ def test_the_cpu_trace_names_what_ran_in_each_made_miss() -> None:
         staller = [us for k, us in act.others_us.items() if k.endswith(f"-{made.staller_pid}")]
         assert staller and staller[0] > 500, act.as_dict()  # the guest's own task held it
     own_ends = {v.miss.deadline_ns: v.miss.end_ns for v in result.own}
-    for deadline in made.injected_own:
+    # the overruns the probe put down as own (telling them is the other test's part)
+    overruns = made.injected_own & own_ends.keys()
+    assert len(overruns) >= 4, (made.injected_own, own_ends.keys())
+    for deadline in overruns:
         act = timeline.activity(deadline, own_ends[deadline], tid)
         # busy, in user space: its own CPU time alone is over the 500 µs budget (of the
         # 800 µs spin, the probe's releases and the timer interrupts take their share, and
@@ -149,4 +155,4 @@ def test_the_cpu_trace_names_what_ran_in_each_made_miss() -> None:
         made.stalled
     ), "a stall by a task of the guest was taken for nothing of the guest"
     unexplained = by_verdict["own"]["traced"] - by_verdict["own"]["host_explained"]
-    assert unexplained >= len(made.injected_own), "an overrun was explained away by the host"
+    assert unexplained >= len(overruns), "an overrun was explained away by the host"
