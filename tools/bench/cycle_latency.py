@@ -74,7 +74,7 @@ from typing import IO, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchutil import excess_p_value, paired_excess_p_value
+from benchutil import excess_p_value, paired_excess_p_value, percentile
 from guesttrace import FOREIGN_FREE_US, Timeline
 from stalls import (
     Attribution,
@@ -519,7 +519,7 @@ class PairedRun:
                 "samples": len(inside),
                 "stalls": sum(1 for s in inside if s.latency_ns >= self.stall_threshold_ns),
                 "at_least_budget": sum(1 for s in inside if s.latency_ns >= self.budget_ns),
-                "p99_us": _nearest_rank([s.latency_ns for s in inside], 0.99) / 1000,
+                "p99_us": percentile([s.latency_ns for s in inside], 99) / 1000 if inside else None,
                 "max_us": max((s.latency_ns for s in inside), default=0) / 1000,
             },
             "attribution": {
@@ -536,13 +536,6 @@ class PairedRun:
             "own_misses_met": not result.own and len(kept) == cycle.deadlines.misses,
             "reading": reading,
         }
-
-
-def _nearest_rank(values: list[int], q: float) -> int:
-    if not values:
-        return 0
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
 
 
 #: The cycle's figures the same-time part reports.
